@@ -1,0 +1,192 @@
+"""Headline metrics with provenance, and a per-run cache.
+
+``save(chapter, metrics, ...)`` writes ``book/results/<chapter>.json``::
+
+    {"chapter": ..., "profile": ...,
+     "provenance": {"parameters": ..., "seeds": ..., "git_commit": ..., "git_dirty": ...,
+                    "nlutils_version": ..., "nlutils_source": <hash>, "torch_version": ...,
+                    "run_seconds": ..., "date": ...},
+     "metrics": {...}}
+
+Accuracies are in percent, a mean over seeds is ``{"mean": m, "std": s, "n": k}``
+(see :func:`mean_std`).
+
+``RunCache`` stores one finished run per file, keyed by a hash of the run's full
+configuration *and* of the nlutils source, so re-executing a notebook reuses what is done,
+an interrupted sweep loses nothing already finished, and a change of the engine never
+serves stale numbers.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import pickle
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+
+def source_hash(paths=None) -> str:
+    """sha256 (16 hex) over the nlutils ``*.py`` sources (or the given files)."""
+    h = hashlib.sha256()
+    files = sorted(PACKAGE_DIR.glob("*.py")) if paths is None else [Path(p) for p in paths]
+    for p in files:
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("NLUTILS_RESULTS", REPO_ROOT / "book" / "results"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NLUTILS_CACHE", REPO_ROOT / ".cache" / "runs"))
+
+
+def _git(*args) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    except Exception:
+        return None
+
+
+def provenance(parameters: dict | None = None, seeds=None, run_seconds: float | None = None) -> dict:
+    import torch
+
+    from . import __version__
+
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "parameters": _jsonable(parameters or {}),
+        "seeds": _jsonable(list(seeds) if seeds is not None else None),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if dirty is None else bool(dirty),
+        "nlutils_version": __version__,
+        "nlutils_source": source_hash(),
+        "torch_version": torch.__version__,
+        "run_seconds": None if run_seconds is None else round(float(run_seconds), 1),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def mean_std(values) -> dict:
+    """``{"mean", "std", "n"}`` of a sequence (sample std, ddof=1; 0 for one value)."""
+    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("mean_std of an empty sequence")
+    std = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return {"mean": float(v.mean()), "std": std, "n": int(v.size)}
+
+
+def fmt(ms: dict, digits: int = 2) -> str:
+    """``"81.23 ± 0.45"`` from a :func:`mean_std` record."""
+    return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
+
+
+def save(chapter: str, metrics: dict, *, profile: str, parameters: dict | None = None,
+         seeds=None, run_seconds: float | None = None, directory=None) -> Path:
+    """Write ``<directory>/<chapter>.json`` (default ``book/results``) and return its path."""
+    out = Path(directory) if directory is not None else results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"chapter": chapter, "profile": profile,
+              "provenance": provenance(parameters, seeds, run_seconds),
+              "metrics": _jsonable(metrics)}
+    path = out / f"{chapter}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load(chapter: str, directory=None) -> dict:
+    path = (Path(directory) if directory is not None else results_dir()) / f"{chapter}.json"
+    return json.loads(path.read_text())
+
+
+def _jsonable(obj: Any):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return None if math.isnan(f) or math.isinf(f) else f
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # 0-d tensors
+        return _jsonable(obj.item())
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
+
+
+class RunCache:
+    """A folder of finished runs, one pickle each, keyed by configuration.
+
+    Example::
+
+        cache = RunCache()
+        result = cache.run({"method": "ce", "seed": 0, "epochs": 20}, lambda: train(...))
+
+    ``result`` must be picklable (dicts, floats, DataFrames, tensors). The key covers the
+    configuration (JSON, sorted) and :func:`source_hash`, so any change to nlutils
+    recomputes. Set ``enabled=False`` (or ``NLUTILS_CACHE=off``) to always recompute.
+    """
+
+    def __init__(self, directory=None, enabled: bool | None = None):
+        self.directory = Path(directory) if directory is not None else cache_dir()
+        if enabled is None:
+            enabled = os.environ.get("NLUTILS_CACHE", "") != "off"
+        self.enabled = enabled
+        self._code = source_hash()
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, config: dict) -> str:
+        blob = json.dumps(_jsonable(config), sort_keys=True) + self._code
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def path(self, config: dict) -> Path:
+        return self.directory / f"{self.key(config)}.pkl"
+
+    def get(self, config: dict):
+        p = self.path(config)
+        if not (self.enabled and p.is_file()):
+            return None
+        try:
+            with open(p, "rb") as f:
+                stored = pickle.load(f)
+        except Exception:  # a truncated file from a killed run: recompute it
+            return None
+        return stored["result"]
+
+    def put(self, config: dict, result) -> None:
+        if not self.enabled:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        p = self.path(config)
+        tmp = p.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            pickle.dump({"config": _jsonable(config), "result": result}, f)
+        tmp.replace(p)
+
+    def run(self, config: dict, fn: Callable[[], Any]):
+        """The cached result for ``config``, or ``fn()`` computed, stored and returned."""
+        hit = self.get(config)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        result = fn()
+        self.put(config, result)
+        return result
