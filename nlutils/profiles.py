@@ -70,6 +70,8 @@ def _seed(name, v):
 
 
 def _device(name, v):
+    if v == "auto":
+        return
     try:
         d = torch.device(v)
     except (RuntimeError, TypeError) as e:
@@ -127,4 +129,6 @@ def resolve(profile: str, presets: dict, **given) -> SimpleNamespace:
     if missing:
         raise ValueError(f"parameter(s) {missing} have no value for profile={profile!r}")
     validate(cfg)
+    if cfg.get("device") == "auto":  # a GPU when there is one
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return SimpleNamespace(profile=profile, **cfg)

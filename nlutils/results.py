@@ -13,7 +13,7 @@ Accuracies are in percent, a mean over seeds is ``{"mean": m, "std": s, "n": k}`
 
 ``RunCache`` stores one finished run per file, keyed by a hash of the run's full
 configuration *and* of the nlutils source, so re-executing a notebook reuses what is done,
-an interrupted sweep loses nothing already finished, and a change of the engine never
+an interrupted sweep loses nothing already finished, and a change of the code it ran never
 serves stale numbers.
 """
 from __future__ import annotations
@@ -34,14 +34,27 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 
 
-def source_hash(paths=None) -> str:
-    """sha256 (16 hex) over the nlutils ``*.py`` sources (or the given files)."""
-    h = hashlib.sha256()
-    files = sorted(PACKAGE_DIR.glob("*.py")) if paths is None else [Path(p) for p in paths]
-    for p in files:
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+def file_hash(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def loaded_modules() -> dict[str, str]:
+    """``{module file name: hash}`` of the nlutils modules imported in this process: the
+    code a chapter actually ran (a new method module does not make other chapters stale)."""
+    import sys
+
+    out = {}
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if (name == "nlutils" or name.startswith("nlutils.")) and f and Path(f).parent == PACKAGE_DIR:
+            out[Path(f).name] = file_hash(f)
+    return dict(sorted(out.items()))
+
+
+def source_hash(modules: dict[str, str] | None = None) -> str:
+    """One hash (16 hex) over ``{file: hash}`` (default: :func:`loaded_modules`)."""
+    modules = loaded_modules() if modules is None else modules
+    return hashlib.sha256(json.dumps(modules, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def results_dir() -> Path:
@@ -73,6 +86,7 @@ def provenance(parameters: dict | None = None, seeds=None, run_seconds: float | 
         "git_dirty": None if dirty is None else bool(dirty),
         "nlutils_version": __version__,
         "nlutils_source": source_hash(),
+        "nlutils_modules": loaded_modules(),
         "torch_version": torch.__version__,
         "run_seconds": None if run_seconds is None else round(float(run_seconds), 1),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -93,24 +107,29 @@ def fmt(ms: dict, digits: int = 2) -> str:
     return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
 
 
+def result_path(chapter: str, profile: str = "book", directory=None) -> Path:
+    """``<dir>/<chapter>.json`` for the ``book`` profile, ``<dir>/<chapter>.<profile>.json``
+    otherwise, so a smoke or paper run never overwrites what the book shows."""
+    out = Path(directory) if directory is not None else results_dir()
+    return out / (f"{chapter}.json" if profile == "book" else f"{chapter}.{profile}.json")
+
+
 def save(chapter: str, metrics: dict, *, profile: str, parameters: dict | None = None,
          seeds=None, run_seconds: float | None = None, directory=None) -> Path:
-    """Write ``<directory>/<chapter>.json`` (default ``book/results``) and return its path."""
-    out = Path(directory) if directory is not None else results_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the chapter's record to :func:`result_path` and return the path."""
+    path = result_path(chapter, profile, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"chapter": chapter, "profile": profile,
               "provenance": provenance(parameters, seeds, run_seconds),
               "metrics": _jsonable(metrics)}
-    path = out / f"{chapter}.json"
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
     tmp.replace(path)
     return path
 
 
-def load(chapter: str, directory=None) -> dict:
-    path = (Path(directory) if directory is not None else results_dir()) / f"{chapter}.json"
-    return json.loads(path.read_text())
+def load(chapter: str, profile: str = "book", directory=None) -> dict:
+    return json.loads(result_path(chapter, profile, directory).read_text())
 
 
 def _jsonable(obj: Any):
@@ -139,8 +158,8 @@ class RunCache:
         result = cache.run({"method": "ce", "seed": 0, "epochs": 20}, lambda: train(...))
 
     ``result`` must be picklable (dicts, floats, DataFrames, tensors). The key covers the
-    configuration (JSON, sorted) and :func:`source_hash`, so any change to nlutils
-    recomputes. Set ``enabled=False`` (or ``NLUTILS_CACHE=off``) to always recompute.
+    configuration (JSON, sorted) and :func:`source_hash` of the nlutils modules loaded when
+    the cache is created, so a change to the code a run uses recomputes it. Set ``enabled=False`` (or ``NLUTILS_CACHE=off``) to always recompute.
     """
 
     def __init__(self, directory=None, enabled: bool | None = None):

@@ -1,0 +1,47 @@
+"""Every chapter runs end to end at profile=smoke, within its time budget."""
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+BUDGET_S = {"benchmark": 90}  # seconds; 60 for every other chapter
+
+
+def test_every_notebook_has_a_parameters_cell_and_no_outputs():
+    assert NOTEBOOKS, "no notebooks found"
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: exactly one cell must be tagged 'parameters'"
+        assert "profile" in "".join(tagged[0]["source"]), f"{path.name}: no profile parameter"
+        for c in nb["cells"]:
+            assert not c.get("outputs"), f"{path.name}: source notebooks keep no outputs"
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_smoke(path, tmp_path):
+    import papermill as pm
+
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(path), str(tmp_path / path.name), parameters={"profile": "smoke"},
+                        cwd=str(ROOT), kernel_name="python3", progress_bar=False)
+    seconds = time.perf_counter() - t0
+    budget = BUDGET_S.get(path.stem, 60)
+    assert seconds <= budget, f"{path.name} smoke took {seconds:.0f} s > {budget} s"
+    record = json.loads((Path(os.environ["NLUTILS_RESULTS"]) / f"{path.stem}.smoke.json").read_text())
+    assert record["profile"] == "smoke" and record["metrics"]
+
+
+def test_bad_parameter_fails_before_training(tmp_path):
+    import papermill as pm
+
+    path = ROOT / "notebooks" / "foundations.ipynb"
+    with pytest.raises(pm.PapermillExecutionError, match="rates"):
+        pm.execute_notebook(str(path), str(tmp_path / "bad.ipynb"),
+                            parameters={"profile": "smoke", "rates": [0.2, 1.3]},
+                            cwd=str(ROOT), kernel_name="python3", progress_bar=False)

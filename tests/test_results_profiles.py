@@ -1,0 +1,114 @@
+import json
+import os
+import pickle
+
+import pytest
+
+from nlutils import profiles, results
+
+
+def test_save_writes_schema(tmp_path):
+    p = results.save("demo", {"acc": {"ce": results.mean_std([80.0, 82.0])}}, profile="book",
+                     parameters={"epochs": 3}, seeds=[0, 1], run_seconds=1.234, directory=tmp_path)
+    rec = json.loads(p.read_text())
+    assert p.name == "demo.json"
+    assert rec["chapter"] == "demo" and rec["profile"] == "book"
+    assert rec["metrics"]["acc"]["ce"] == {"mean": 81.0, "std": pytest.approx(1.41421356), "n": 2}
+    prov = rec["provenance"]
+    for key in ("parameters", "seeds", "git_commit", "nlutils_version", "torch_version",
+                "run_seconds", "date", "nlutils_source"):
+        assert key in prov
+    assert prov["seeds"] == [0, 1] and prov["parameters"] == {"epochs": 3}
+
+
+def test_non_book_profiles_do_not_overwrite_the_book(tmp_path):
+    p = results.save("demo", {"x": 1}, profile="smoke", directory=tmp_path)
+    assert p.name == "demo.smoke.json"
+    assert not (tmp_path / "demo.json").exists()
+
+
+def test_mean_std():
+    assert results.mean_std([1.0]) == {"mean": 1.0, "std": 0.0, "n": 1}
+    with pytest.raises(ValueError):
+        results.mean_std([])
+    assert results.fmt({"mean": 81.234, "std": 0.5}) == "81.23 ± 0.50"
+
+
+def test_run_cache_hits_misses_and_keys(tmp_path):
+    cache = results.RunCache(tmp_path)
+    calls = []
+
+    def work():
+        calls.append(1)
+        return {"acc": 0.5 + len(calls)}
+
+    a = cache.run({"seed": 0, "lr": 0.1}, work)
+    b = cache.run({"lr": 0.1, "seed": 0}, work)  # same config, other key order
+    c = cache.run({"seed": 1, "lr": 0.1}, work)
+    assert a == b and a != c and len(calls) == 2
+    assert cache.hits == 1 and cache.misses == 2
+    # a truncated file (a run killed while writing) is recomputed, not trusted
+    cache.path({"seed": 1, "lr": 0.1}).write_bytes(b"\x80\x04garbage")
+    cache.run({"seed": 1, "lr": 0.1}, work)
+    assert len(calls) == 3
+
+
+def test_run_cache_key_depends_on_the_code(tmp_path, monkeypatch):
+    a = results.RunCache(tmp_path).key({"x": 1})
+    monkeypatch.setattr(results, "source_hash", lambda: "other-code")
+    assert results.RunCache(tmp_path).key({"x": 1}) != a
+
+
+def test_run_cache_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLUTILS_CACHE", "off")
+    cache = results.RunCache(tmp_path)
+    n = []
+    cache.run({"a": 1}, lambda: n.append(1))
+    cache.run({"a": 1}, lambda: n.append(1))
+    assert len(n) == 2
+
+
+PRESETS = {"smoke": dict(dataset="digits", epochs=1, seeds=[0], rate=0.2, device="cpu"),
+           "book": dict(dataset="mnist", epochs=20, seeds=[0, 1, 2], rate=0.4, device="cpu"),
+           "paper": dict(dataset="cifar10", epochs=120, seeds=[0, 1, 2], rate=0.4, device="cuda")}
+
+
+def test_profile_defaults_and_explicit_overrides():
+    cfg = profiles.resolve("book", PRESETS, dataset=None, epochs=5, seeds=None, rate=None, device=None)
+    assert (cfg.dataset, cfg.epochs, cfg.seeds, cfg.rate) == ("mnist", 5, [0, 1, 2], 0.4)
+    assert cfg.profile == "book"
+
+
+@pytest.mark.parametrize("given,name", [
+    (dict(dataset="svhn"), "dataset"), (dict(rate=1.0), "rate"), (dict(rate=-0.2), "rate"),
+    (dict(epochs=0), "epochs"), (dict(seeds=[]), "seeds"), (dict(seeds=[-1]), "seeds"),
+    (dict(device="tpu"), "device"),
+])
+def test_bad_parameters_name_themselves(given, name):
+    with pytest.raises(ValueError, match=name):
+        profiles.resolve("smoke", PRESETS, **given)
+
+
+def test_unknown_profile_and_parameter():
+    with pytest.raises(ValueError, match="profile"):
+        profiles.resolve("fast", PRESETS)
+    with pytest.raises(ValueError, match="not used by this chapter"):
+        profiles.resolve("smoke", PRESETS, learning_rate=0.1)
+
+
+def test_cuda_requested_without_gpu():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="device"):
+        profiles.resolve("paper", PRESETS)  # paper defaults to cuda: refused here, clearly
+
+
+def test_validate_other_parameters():
+    with pytest.raises(ValueError, match="alpha"):
+        profiles.validate({"alphas": [0, -1]})
+    with pytest.raises(ValueError, match="T"):
+        profiles.validate({"T": [[0.5, 0.6], [0.5, 0.5]]})
+    with pytest.raises(ValueError, match="model"):
+        profiles.validate({"model": "vgg"})
+    profiles.validate({"alphas": [0, 5], "T": [[0.5, 0.5], [0.0, 1.0]], "model": "lenet5"})
