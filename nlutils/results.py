@@ -38,6 +38,11 @@ def file_hash(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+# hashes of the package's files as they were when the package was imported, so that an
+# edit made while a chapter runs is not mistaken for the code that chapter ran
+_AT_IMPORT = {p.name: file_hash(p) for p in PACKAGE_DIR.glob("*.py")}
+
+
 def loaded_modules() -> dict[str, str]:
     """``{module file name: hash}`` of the nlutils modules imported in this process: the
     code a chapter actually ran (a new method module does not make other chapters stale)."""
@@ -47,7 +52,7 @@ def loaded_modules() -> dict[str, str]:
     for name, mod in list(sys.modules.items()):
         f = getattr(mod, "__file__", None)
         if (name == "nlutils" or name.startswith("nlutils.")) and f and Path(f).parent == PACKAGE_DIR:
-            out[Path(f).name] = file_hash(f)
+            out[Path(f).name] = _AT_IMPORT.get(Path(f).name) or file_hash(f)
     return dict(sorted(out.items()))
 
 

@@ -13,8 +13,8 @@ A method changes what the loss sees through exactly one hook:
 * ``loss_fn(logits, targets, rows)`` — a per-example (or scalar) loss replacing
   cross-entropy (ELR, loss correction, bootstrap, ...);
 * ``step_loss(model, xb, yb, rows)`` — full control of the batch: return the scalar to
-  back-propagate (meta-reweighting, gradient similarity), or ``None`` after calling
-  ``backward`` yourself.
+  back-propagate (meta-reweighting, gradient similarity); or fill the parameters'
+  ``.grad`` yourself and return a detached loss (logged only) or ``None``.
 
 Per epoch the loop records, in a pandas DataFrame: mean training loss, accuracy against the
 given labels (``train_acc``) and against the true ones (``train_acc_true``), the fraction
@@ -184,7 +184,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     else:
                         loss = per.mean()
             if loss is not None:
-                loss.backward()
+                if loss.requires_grad:
+                    loss.backward()
                 losses.append(loss.detach())
                 sizes.append(len(rows))
             opt.step()
