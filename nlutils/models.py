@@ -17,6 +17,7 @@ name               network                                                    us
 ``lenet5``         conv5x5(6) -> pool -> conv5x5(16) -> pool -> 120 -> 84 -> K   Wei
 ``resnet32``       CIFAR ResNet (He et al. 2016, 3 stages of 5 basic blocks)     Patrini
 ``resnet34``       ResNet-34 (basic blocks 3-4-6-3) with a 3x3 CIFAR stem        ELR
+``wrn28_10``       wide ResNet 28-10, pre-activation                            Ren et al.
 =================  =========================================================  ==========
 """
 from __future__ import annotations
@@ -146,6 +147,41 @@ def resnet32(input_shape, num_classes):
 @register("resnet34")
 def resnet34(input_shape, num_classes):
     return ResNet(input_shape[0], num_classes, blocks=(3, 4, 6, 3), widths=(64, 128, 256, 512))
+
+
+class WideBlock(nn.Module):
+    """Pre-activation wide-ResNet block (Zagoruyko & Komodakis 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, dropout: float = 0.0):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
+                         if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        o = F.relu(self.bn1(x))
+        short = x if self.shortcut is None else self.shortcut(o)
+        o = self.conv1(o)
+        o = self.conv2(self.dropout(F.relu(self.bn2(o))))
+        return o + short
+
+
+@register("wrn28_10")
+def wrn28_10(input_shape, num_classes, depth: int = 28, width: int = 10, dropout: float = 0.0):
+    """WRN-28-10, the network of Ren et al.'s CIFAR experiments (36.5 M parameters)."""
+    n = (depth - 4) // 6
+    widths = [16, 16 * width, 32 * width, 64 * width]
+    layers: list[nn.Module] = [nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False)]
+    cin = widths[0]
+    for stage, w in enumerate(widths[1:]):
+        for j in range(n):
+            layers.append(WideBlock(cin, w, 2 if (j == 0 and stage > 0) else 1, dropout))
+            cin = w
+    layers += [nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers)
 
 
 MODELS = tuple(REGISTRY)

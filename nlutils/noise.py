@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["NoisyLabels", "MassiveNoise", "NOISE_TYPES", "corrupt", "symmetric_T", "pairwise_T", "PRESETS",
-           "from_transition", "symmetric", "pairwise", "massive", "realised_T",
+           "from_transition", "symmetric", "pairwise", "massive", "realised_T", "fixed_other_T",
            "check_transition"]
 
 
@@ -195,6 +195,26 @@ def massive(y, alpha: int, num_classes: int, seed: int = 0) -> MassiveNoise:
     is_added = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n * alpha, dtype=torch.bool)])
     T = added.T_realised if alpha else torch.eye(num_classes, dtype=torch.float64)
     return MassiveNoise(index, labels, is_added, labels != y[index], T)
+
+
+def fixed_other_T(rate: float, num_classes: int, seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """The noise of the Learning-to-Reweight blog post: a fraction ``rate`` of each class is
+    relabelled with ``randint(0, K)``, and a draw that hits the true class is replaced by
+    one *fixed* other class ``c_i`` (chosen once per class). Every relabelled example is
+    therefore wrong, but class ``c_i`` receives twice the share of the others:
+    ``T[i, i] = 1 - r``, ``T[i, c_i] = 2r/K``, ``T[i, j] = r/K`` otherwise.
+    Returns ``(T, [c_0, ..., c_{K-1}])``."""
+    r, K = check_rate(rate), num_classes
+    g = torch.Generator().manual_seed(seed)
+    fixed = []
+    T = torch.full((K, K), r / K, dtype=torch.float64)
+    for i in range(K):
+        others = [j for j in range(K) if j != i]
+        c = others[int(torch.randint(0, K - 1, (1,), generator=g))]
+        fixed.append(c)
+        T[i, i] = 1 - r
+        T[i, c] = 2 * r / K
+    return T, fixed
 
 
 #: the ``noise`` parameter of the chapters

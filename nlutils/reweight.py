@@ -217,7 +217,9 @@ class MetaReweight:
     reweighted gradient written into ``.grad`` (call ``optimizer.step()`` afterwards).
 
     ``inner``: ``"adam"`` (the blog's virtual step through Adam's state) or ``"sgd"``
-    (Ren et al.'s plain SGD step). ``trusted_batch`` examples are drawn per step from a
+    (Ren et al.'s plain SGD step). ``method``: ``"auto"`` (closed form for all-linear
+    networks, else a JVP), ``"closed"``, ``"jvp"``, or ``"higher"`` (the blog's
+    second-order pass, for comparison). ``trusted_batch`` examples are drawn per step from a
     shuffled cycle over the trusted set. ``history`` keeps the weights of every step
     (``(rows, w)`` pairs, on the CPU) until :meth:`pop_history` is called.
     """
@@ -246,6 +248,17 @@ class MetaReweight:
     def step_loss(self, model, xb, yb, rows=None):
         """Compute the weights and fill ``.grad``; returns the weighted loss (detached)."""
         x_v, y_v = self._next_trusted(xb.device)
+        if self.method == "higher":  # the source's way: a second-order pass through higher
+            if self.inner == "sgd":
+                raise ValueError("method='higher' differentiates the real optimiser (Adam); "
+                                 "use method='auto' for the SGD inner step")
+            w = weights_from_meta_gradient(
+                meta_gradient_higher(model, self.optimizer, xb, yb, x_v, y_v, self.loss_fn))
+            loss = (w * self.loss_fn(model(xb), yb, reduction="none")).sum()
+            loss.backward()
+            if self.keep_history and rows is not None:
+                self.history.append((torch.as_tensor(rows).cpu(), w.detach().cpu()))
+            return loss.detach()
         theta_bar, precond, scale = lookahead(model, self.optimizer, self.inner)
         g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, self.loss_fn)
         u = {n: g * precond[n] if precond is not None else g for n, g in g_v.items()}

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter (ipywidgets), text elsewhere
 
 OPTIMIZERS = ("sgd", "adam", "adadelta", "adagrad")
 

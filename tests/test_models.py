@@ -3,7 +3,8 @@ import torch
 
 from nlutils import models
 
-SHAPES = {"conv4": (1, 28, 28), "lenet5": (3, 32, 32), "resnet32": (3, 32, 32), "resnet34": (3, 32, 32)}
+SHAPES = {"conv4": (1, 28, 28), "lenet5": (3, 32, 32), "resnet32": (3, 32, 32), "resnet34": (3, 32, 32),
+          "wrn28_10": (3, 32, 32)}
 
 
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))

@@ -104,3 +104,17 @@ def test_corrupt_dispatch(labels):
     assert noise.corrupt(labels, "symmetric", 0.2, 10).rate == pytest.approx(0.2, abs=0.005)
     with pytest.raises(ValueError, match="noise="):
         noise.corrupt(labels, "gaussian", 0.2, 10)
+
+
+def test_blog_fixed_other_class_noise():
+    T, fixed = noise.fixed_other_T(0.8, 10, seed=0)
+    assert torch.allclose(T.sum(1), torch.ones(10, dtype=torch.float64))
+    for i, c in enumerate(fixed):
+        assert c != i and T[i, c] == pytest.approx(0.16) and T[i, i] == pytest.approx(0.2)
+    y = torch.arange(10).repeat(500)
+    nl = noise.from_transition(y, T, seed=1)
+    assert nl.rate == pytest.approx(0.8)
+    # the fixed class receives twice the share of any other wrong class
+    for i, c in enumerate(fixed):
+        counts = torch.bincount(nl.noisy[y == i], minlength=10)
+        assert int(counts[c]) == 80 and int(counts[(c + 1) % 10 if (c + 1) % 10 != i else (c + 2) % 10]) == 40
