@@ -73,17 +73,17 @@ def weights_from_meta_gradient(grad_eps: torch.Tensor) -> torch.Tensor:
 
 def lookahead(model: nn.Module, optimizer: torch.optim.Optimizer | None, inner: str,
               inner_lr: float | None = None, higher_eps: bool = False):
-    r"""The point :math:`\bar\theta` where the trusted gradient is taken, the elementwise
-    preconditioner :math:`1/d` (``None`` for SGD) and the scalar in front of the inner
-    product. ``inner`` is ``"sgd"`` (plain SGD, Ren et al.) or ``"adam"`` (the state of
-    ``optimizer``, which must be a ``torch.optim.Adam``). ``higher_eps=True`` puts Adam's
-    ε where ``higher``'s differentiable Adam puts it (before the bias correction)."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = dict(model.named_parameters())
+    r"""The point :math:`\bar\theta` where the trusted gradient is taken, Adam's
+    denominators :math:`d` (the preconditioner is :math:`1/d`; ``None`` for SGD) and the
+    scalar in front of the inner product, as lists in ``model.parameters()`` order (trainable ones only). ``inner`` is
+    ``"sgd"`` (plain SGD, Ren et al.) or ``"adam"`` (the state of ``optimizer``, which must
+    be a ``torch.optim.Adam``). ``higher_eps=True`` puts Adam's ε where ``higher``'s
+    differentiable Adam puts it (before the bias correction)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if inner == "sgd":
         lr = inner_lr if inner_lr is not None else (
             optimizer.param_groups[0]["lr"] if optimizer is not None else 1.0)
-        return {n: params[n].detach() for n in names}, None, lr
+        return [p.detach() for p in params], None, lr
     if inner != "adam":
         raise ValueError(f"inner={inner!r} must be 'sgd' or 'adam'")
     if not isinstance(optimizer, torch.optim.Adam):
@@ -94,37 +94,67 @@ def lookahead(model: nn.Module, optimizer: torch.optim.Optimizer | None, inner: 
                          "no weight decay and no amsgrad")
     beta1, beta2 = group["betas"]
     lr, eps = group["lr"], group["eps"]
-    theta_bar, precond = {}, {}
-    scale = None
-    for n in names:
-        p = params[n]
-        st = optimizer.state.get(p, {})
-        t = float(st["step"]) if "step" in st else 0.0
-        b1, b2 = 1 - beta1 ** (t + 1), 1 - beta2 ** (t + 1)
-        m = st.get("exp_avg", torch.zeros_like(p)).detach()
-        v = st.get("exp_avg_sq", torch.zeros_like(p)).detach()
-        if higher_eps:
-            d = (torch.sqrt(beta2 * v) + eps) / math.sqrt(b2)
-        else:
-            d = torch.sqrt(beta2 * v) / math.sqrt(b2) + eps
-        theta_bar[n] = p.detach() - (lr / b1) * beta1 * m / d
-        precond[n] = 1.0 / d
-        scale = lr * (1 - beta1) / b1  # the same for every parameter (one shared step count)
-    return theta_bar, precond, scale
+    states = [optimizer.state.get(p, {}) for p in params]
+    if not all("exp_avg" in st for st in states):  # before the first real step
+        zeros = [torch.zeros_like(p) for p in params]
+        return _adam_terms(params, zeros, zeros, 0.0, beta1, beta2, lr, eps, higher_eps)
+    t = float(states[0]["step"])  # one shared step count
+    m = [st["exp_avg"] for st in states]
+    v = [st["exp_avg_sq"] for st in states]
+    return _adam_terms(params, m, v, t, beta1, beta2, lr, eps, higher_eps)
+
+
+def _adam_terms(params, m, v, t, beta1, beta2, lr, eps, higher_eps):
+    """Look-ahead point, denominators d and scale; batched over parameters (foreach ops)."""
+    b1, b2 = 1 - beta1 ** (t + 1), 1 - beta2 ** (t + 1)
+    if higher_eps:  # d = (sqrt(β2 v) + ε) / sqrt(b2)
+        d = torch._foreach_sqrt(torch._foreach_mul(v, beta2))
+        torch._foreach_add_(d, eps)
+        torch._foreach_div_(d, math.sqrt(b2))
+    else:           # d = sqrt(β2 v / b2) + ε
+        d = torch._foreach_sqrt(torch._foreach_mul(v, beta2 / b2))
+        torch._foreach_add_(d, eps)
+    theta_bar = torch._foreach_addcdiv([p.detach() for p in params], m, d, value=-(lr / b1) * beta1)
+    return theta_bar, d, lr * (1 - beta1) / b1
 
 
 def _trusted_gradient(model, theta, x_v, y_v, loss_fn):
-    """∇ of the mean trusted loss at parameters ``theta`` (a dict), without touching the
-    model's own parameters or buffers."""
+    """∇ of the mean trusted loss at parameters ``theta`` (a list in ``parameters()``
+    order), leaving the model's own parameters and buffers untouched. A linear-only
+    ``nn.Sequential`` is walked directly; other networks go through ``functional_call``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(model, nn.Sequential) and _linear_only(model) is not None:
+        # walk the layers with the look-ahead weights in place of the linear layers' own
+        theta = [t.detach().requires_grad_(True) for t in theta]
+        at = {id(p): t for p, t in zip(params, theta)}
+        h = x_v
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                h = F.linear(h, at[id(layer.weight)],
+                             None if layer.bias is None else at[id(layer.bias)])
+            else:
+                h = layer(h)
+        loss = loss_fn(h, y_v, reduction="mean")
+        return list(torch.autograd.grad(loss, theta)), loss.detach()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
     buffers = {n: b.clone() for n, b in model.named_buffers()}
-    theta = {n: t.detach().requires_grad_(True) for n, t in theta.items()}
+    theta = {n: t.detach().requires_grad_(True) for n, t in zip(names, theta)}
     loss = loss_fn(functional_call(model, (theta, buffers), (x_v,)), y_v, reduction="mean")
     grads = torch.autograd.grad(loss, list(theta.values()))
-    return dict(zip(theta, grads)), loss.detach()
+    return list(grads), loss.detach()
 
 
 def _linear_only(model: nn.Module) -> list[nn.Linear] | None:
     """The model's linear layers if every trainable parameter belongs to one, else None."""
+    cached = getattr(model, "_l2rw_linear_only", None)
+    if cached is not None and cached[0] == [id(p) for p in model.parameters()]:
+        return cached[1]
+    linears = _find_linear_only(model)
+    model._l2rw_linear_only = ([id(p) for p in model.parameters()], linears)
+    return linears
+
+
+def _find_linear_only(model):
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     owned = {id(p) for m in linears for p in m.parameters()}
     if all(id(p) in owned for p in model.parameters() if p.requires_grad):
@@ -134,22 +164,36 @@ def _linear_only(model: nn.Module) -> list[nn.Linear] | None:
 
 class _LinearTape:
     """One forward pass that records every linear layer's input ``a`` and output ``z``;
-    ``deltas`` then gives ``∂ℓ_i/∂z_i`` for all examples with one backward to the outputs."""
+    ``deltas`` then gives ``∂ℓ_i/∂z_i`` for all examples with one backward to the outputs.
+    An ``nn.Sequential`` is walked layer by layer; other models are traced with hooks."""
 
     def __init__(self, model, linears, x):
-        self.inputs, self.outputs = [], []
+        self.inputs, self.outputs, self.linears = [], [], linears
+        if isinstance(model, nn.Sequential):
+            h = x
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    self._record(h)
+                    h = layer(h)
+                    self.outputs.append(h)
+                else:
+                    h = layer(h)
+            self.logits = h
+            return
         hooks = [m.register_forward_hook(self._hook) for m in linears]
         try:
             self.logits = model(x)
         finally:
             for h in hooks:
                 h.remove()
-        self.linears = linears
+
+    def _record(self, a):
+        if a.ndim != 2:
+            raise ValueError("closed form needs 2-D inputs to every nn.Linear")
+        self.inputs.append(a.detach())
 
     def _hook(self, module, inp, out):
-        if inp[0].ndim != 2:
-            raise ValueError("closed form needs 2-D inputs to every nn.Linear")
-        self.inputs.append(inp[0].detach())
+        self._record(inp[0])
         self.outputs.append(out)
 
     def deltas(self, per_example_loss):
@@ -160,7 +204,8 @@ def _dots_closed_form(linears, tape, deltas, u_by_param):
     """⟨u, ∇ℓ_i⟩ for all i: Σ_layers δ_iᵀ U a_i + δ_iᵀ u_b (no per-example gradient)."""
     s = 0
     for m, a, d in zip(linears, tape.inputs, deltas):
-        s = s + ((d @ u_by_param[id(m.weight)]) * a).sum(1)
+        # (A Uᵀ) is B x out: cheaper to finish than (Δ U), B x in, when in > out
+        s = s + ((a @ u_by_param[id(m.weight)].t()) * d).sum(1)
         if m.bias is not None:
             s = s + d @ u_by_param[id(m.bias)]
     return s
@@ -168,14 +213,31 @@ def _dots_closed_form(linears, tape, deltas, u_by_param):
 
 def _dots_jvp(model, x, y, u, loss_fn):
     """⟨u, ∇ℓ_i⟩ for all i as one Jacobian-vector product of the per-example losses."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
 
     def losses(p):
         return loss_fn(functional_call(model, (p, buffers), (x,)), y, reduction="none")
 
-    _, dots = jvp(losses, (params,), ({n: u[n] for n in params},))
+    _, dots = jvp(losses, (params,), (dict(zip(names, u)),))
     return dots
+
+
+def _inner_products(model, x, y, u, loss_fn, method):
+    """``(⟨u, ∇ℓ_i⟩)_i`` plus, on the closed-form path, the tape and deltas that also give
+    the weighted update. ``u`` is a list in ``parameters()`` order."""
+    linears = _linear_only(model) if method in ("auto", "closed") else None
+    if method == "closed" and linears is None:
+        raise ValueError("method='closed' needs a network whose parameters are all in nn.Linear")
+    if linears is not None:
+        tape = _LinearTape(model, linears, x)
+        per = loss_fn(tape.logits, y, reduction="none")
+        deltas = tape.deltas(per)
+        by_id = {id(p): ui for p, ui in zip(
+            [p for p in model.parameters() if p.requires_grad], u)}
+        return _dots_closed_form(linears, tape, deltas, by_id), (linears, tape, deltas, per)
+    return _dots_jvp(model, x, y, u, loss_fn), None
 
 
 def meta_gradient(model, optimizer, x, y, x_v, y_v, inner="adam", loss_fn=F.cross_entropy,
@@ -183,19 +245,10 @@ def meta_gradient(model, optimizer, x, y, x_v, y_v, inner="adam", loss_fn=F.cros
     r""":math:`\partial L_v(\theta'(\epsilon))/\partial\epsilon` at :math:`\epsilon=0`
     for the batch ``(x, y)`` and trusted batch ``(x_v, y_v)``: a tensor of shape ``(B,)``.
     ``method``: ``"closed"`` (linear layers only), ``"jvp"`` (any network) or ``"auto"``."""
-    theta_bar, precond, scale = lookahead(model, optimizer, inner, inner_lr, higher_eps)
+    theta_bar, denom, scale = lookahead(model, optimizer, inner, inner_lr, higher_eps)
     g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, loss_fn)
-    u = {n: g * precond[n] if precond is not None else g for n, g in g_v.items()}
-    linears = _linear_only(model) if method in ("auto", "closed") else None
-    if method == "closed" and linears is None:
-        raise ValueError("method='closed' needs a network whose parameters are all in nn.Linear")
-    if linears is not None:
-        tape = _LinearTape(model, linears, x)
-        per = loss_fn(tape.logits, y, reduction="none")
-        by_id = {id(p): u[n] for n, p in model.named_parameters() if n in u}
-        dots = _dots_closed_form(linears, tape, tape.deltas(per), by_id)
-    else:
-        dots = _dots_jvp(model, x, y, u, loss_fn)
+    u = g_v if denom is None else torch._foreach_div(g_v, denom)
+    dots, _ = _inner_products(model, x, y, u, loss_fn, method)
     return -scale * dots.detach()
 
 
@@ -235,15 +288,22 @@ class MetaReweight:
         self.trusted_batch = min(trusted_batch, len(y_trusted))
         self.gen = torch.Generator().manual_seed(seed)
         self._order, self._pos = torch.randperm(len(y_trusted), generator=self.gen), 0
+        self._cycle = None
         self.keep_history = keep_history
         self.history: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _next_trusted(self, device):
-        if self._pos + self.trusted_batch > len(self._order):
-            self._order, self._pos = torch.randperm(len(self.y_v), generator=self.gen), 0
-        idx = self._order[self._pos:self._pos + self.trusted_batch]
+        """The next trusted batch of a shuffled cycle (the set is small: it is permuted
+        once per cycle and sliced)."""
+        if self._pos + self.trusted_batch > len(self._order) or self._cycle is None:
+            if self._cycle is not None:
+                self._order = torch.randperm(len(self.y_v), generator=self.gen)
+            self._pos = 0
+            self._cycle = (self.x_v.index_select(0, self._order).to(device),
+                           self.y_v.index_select(0, self._order).to(device))
+        i = self._pos
         self._pos += self.trusted_batch
-        return self.x_v.index_select(0, idx).to(device), self.y_v.index_select(0, idx).to(device)
+        return self._cycle[0][i:i + self.trusted_batch], self._cycle[1][i:i + self.trusted_batch]
 
     def step_loss(self, model, xb, yb, rows=None):
         """Compute the weights and fill ``.grad``; returns the weighted loss (detached)."""
@@ -259,18 +319,15 @@ class MetaReweight:
             if self.keep_history and rows is not None:
                 self.history.append((torch.as_tensor(rows).cpu(), w.detach().cpu()))
             return loss.detach()
-        theta_bar, precond, scale = lookahead(model, self.optimizer, self.inner)
+        theta_bar, denom, scale = lookahead(model, self.optimizer, self.inner)
         g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, self.loss_fn)
-        u = {n: g * precond[n] if precond is not None else g for n, g in g_v.items()}
-        linears = _linear_only(model) if self.method in ("auto", "closed") else None
-        if linears is not None:
-            # one forward and one backward (to the layer outputs) serve both the weights
-            # and the update Σ w_i δ_i a_iᵀ
-            tape = _LinearTape(model, linears, xb)
-            per = self.loss_fn(tape.logits, yb, reduction="none")
-            deltas = tape.deltas(per)
-            by_id = {id(p): u[n] for n, p in model.named_parameters() if n in u}
-            w = weights_from_meta_gradient(-scale * _dots_closed_form(linears, tape, deltas, by_id))
+        u = g_v if denom is None else torch._foreach_div(g_v, denom)
+        dots, tape = _inner_products(model, xb, yb, u, self.loss_fn, self.method)
+        w = weights_from_meta_gradient(-scale * dots.detach())
+        if tape is not None:
+            # the forward and the backward to the layer outputs that gave the weights also
+            # give the update Σ_i w_i δ_i a_iᵀ: no second backward pass
+            linears, tape, deltas, per = tape
             for m, a, d in zip(linears, tape.inputs, deltas):
                 wd = d * w.unsqueeze(1)
                 m.weight.grad = wd.t() @ a
@@ -278,7 +335,6 @@ class MetaReweight:
                     m.bias.grad = wd.sum(0)
             loss = (w * per.detach()).sum()
         else:
-            w = weights_from_meta_gradient(-scale * _dots_jvp(model, xb, yb, u, self.loss_fn))
             per = self.loss_fn(model(xb), yb, reduction="none")
             loss = (w * per).sum()
             loss.backward()

@@ -1,0 +1,93 @@
+"""Cost of one L2RW training step on the blog's MLP (784-128-64-10, batch 128, trusted batch
+128, Adam), measured side by side in one process:
+
+* plain  — cross-entropy forward/backward + Adam step (the baseline);
+* floor  — plain + one extra forward/backward on a trusted batch of 128 (what any exact
+  method must at least add);
+* fast   — nlutils.reweight.MetaReweight (closed form, Adam and SGD inner steps);
+* higher — the blog's second-order pass through ``higher`` + the weighted backward.
+
+Prints ms per step and the ratios to plain; writes bench/results/l2rw_step.json.
+
+    python bench/l2rw_step.py [--steps 300]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nlutils import models, reweight
+
+
+def timed(step, n):
+    for _ in range(20):  # warm-up
+        step()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=300)
+    args = ap.parse_args()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (4096,), generator=g)
+    xv, yv = torch.randn(500, 1, 28, 28, generator=g), torch.randint(0, 10, (500,), generator=g)
+    results = {}
+
+    def make(kind):
+        net = models.build("mlp", (1, 28, 28), 10, seed=0)
+        opt = torch.optim.Adam(net.parameters(), lr=6e-4, fused=True)
+        batches = iter(())
+        hook = None
+        if kind in ("fast_adam", "fast_sgd", "higher_adam"):
+            inner = "sgd" if kind == "fast_sgd" else "adam"
+            method = "higher" if kind == "higher_adam" else "auto"
+            if kind == "higher_adam":  # higher differentiates a non-fused copy of Adam
+                opt = torch.optim.Adam(net.parameters(), lr=6e-4)
+            hook = reweight.MetaReweight(opt, xv, yv, inner=inner, method=method, keep_history=False)
+
+        def step():
+            nonlocal batches
+            try:
+                rows = next(batches)
+            except StopIteration:
+                batches = iter(torch.randperm(4096, generator=g).split(128))
+                rows = next(batches)
+            xb, yb = x.index_select(0, rows), y.index_select(0, rows)
+            opt.zero_grad(set_to_none=True)
+            if hook is None:
+                F.cross_entropy(net(xb), yb).backward()
+            else:
+                hook.step_loss(net, xb, yb, rows)
+            opt.step()
+        return step
+
+    # interleave the kinds twice and keep each one's best, so all see the same machine
+    kinds = ["plain", "floor", "fast_adam", "fast_sgd", "higher_adam"]
+    for _ in range(2):
+        for kind in kinds:
+            ms = timed(make(kind), args.steps)
+            results[kind] = min(ms, results.get(kind, float("inf")))
+    print(f"L2RW step cost, MLP 784-128-64-10, batch 128 ({torch.get_num_threads()} threads)")
+    for kind in kinds:
+        print(f"  {kind:12s} {results[kind]:6.2f} ms/step   {results[kind] / results['plain']:5.2f}x plain")
+    out = {"ms_per_step": results,
+           "ratio_to_plain": {k: v / results["plain"] for k, v in results.items()},
+           "higher_over_fast_adam": results["higher_adam"] / results["fast_adam"],
+           "threads": torch.get_num_threads(), "torch": torch.__version__}
+    res = Path(__file__).with_name("results")
+    res.mkdir(exist_ok=True)
+    (res / "l2rw_step.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
