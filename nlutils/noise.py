@@ -218,18 +218,21 @@ def fixed_other_T(rate: float, num_classes: int, seed: int = 0) -> tuple[torch.T
 
 
 #: the ``noise`` parameter of the chapters
-NOISE_TYPES = ("none", "symmetric", "symmetric_incl", *PRESETS)
+NOISE_TYPES = ("none", "symmetric", "symmetric_incl", "fixed_other", *PRESETS)
 
 
 def corrupt(y, noise: str, rate: float, num_classes: int, seed: int = 0) -> NoisyLabels:
     """Dispatch on a chapter's ``noise`` parameter: ``none``, ``symmetric`` (flip to another
-    class), ``symmetric_incl`` (uniform over all classes, true one included) or a preset."""
+    class), ``symmetric_incl`` (uniform over all classes, true one included),
+    ``fixed_other`` (the L2RW blog's generator, :func:`fixed_other_T`) or a preset."""
     if noise == "none":
         rate = 0.0
     if noise in ("none", "symmetric"):
         return symmetric(y, rate, num_classes, seed)
     if noise == "symmetric_incl":
         return symmetric(y, rate, num_classes, seed, include_true=True)
+    if noise == "fixed_other":
+        return from_transition(y, fixed_other_T(rate, num_classes, seed)[0], seed)
     if noise in PRESETS:
         return pairwise(y, noise, rate, num_classes, seed)
     raise ValueError(f"noise={noise!r} is unknown; choose one of {', '.join(NOISE_TYPES)}")

@@ -272,13 +272,15 @@ class MetaReweight:
     ``inner``: ``"adam"`` (the blog's virtual step through Adam's state) or ``"sgd"``
     (Ren et al.'s plain SGD step). ``method``: ``"auto"`` (closed form for all-linear
     networks, else a JVP), ``"closed"``, ``"jvp"``, or ``"higher"`` (the blog's
-    second-order pass, for comparison). ``trusted_batch`` examples are drawn per step from a
+    second-order pass, for comparison). ``higher_eps``: take Adam's virtual step exactly as
+    ``higher`` does (ε before the bias correction) instead of as ``torch.optim.Adam``. ``trusted_batch`` examples are drawn per step from a
     shuffled cycle over the trusted set. ``history`` keeps the weights of every step
     (``(rows, w)`` pairs, on the CPU) until :meth:`pop_history` is called.
     """
 
     def __init__(self, optimizer, x_trusted, y_trusted, inner="adam", trusted_batch=128,
-                 loss_fn=F.cross_entropy, seed=0, method="auto", keep_history=True):
+                 loss_fn=F.cross_entropy, seed=0, method="auto", keep_history=True,
+                 higher_eps=False):
         if inner not in ("adam", "sgd"):
             raise ValueError(f"inner={inner!r} must be 'sgd' or 'adam'")
         if len(y_trusted) == 0:
@@ -289,7 +291,7 @@ class MetaReweight:
         self.gen = torch.Generator().manual_seed(seed)
         self._order, self._pos = torch.randperm(len(y_trusted), generator=self.gen), 0
         self._cycle = None
-        self.keep_history = keep_history
+        self.keep_history, self.higher_eps = keep_history, higher_eps
         self.history: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _next_trusted(self, device):
@@ -319,7 +321,8 @@ class MetaReweight:
             if self.keep_history and rows is not None:
                 self.history.append((torch.as_tensor(rows).cpu(), w.detach().cpu()))
             return loss.detach()
-        theta_bar, denom, scale = lookahead(model, self.optimizer, self.inner)
+        theta_bar, denom, scale = lookahead(model, self.optimizer, self.inner,
+                                           higher_eps=self.higher_eps)
         g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, self.loss_fn)
         u = g_v if denom is None else torch._foreach_div(g_v, denom)
         dots, tape = _inner_products(model, xb, yb, u, self.loss_fn, self.method)
