@@ -163,16 +163,21 @@ class RunCache:
         result = cache.run({"method": "ce", "seed": 0, "epochs": 20}, lambda: train(...))
 
     ``result`` must be picklable (dicts, floats, DataFrames, tensors). The key covers the
-    configuration (JSON, sorted) and :func:`source_hash` of the nlutils modules loaded when
-    the cache is created, so a change to the code a run uses recomputes it. Set ``enabled=False`` (or ``NLUTILS_CACHE=off``) to always recompute.
+    configuration (JSON, sorted) and the hash of the nlutils modules loaded when the cache
+    is created (except :attr:`NOT_NUMERIC`), so a change to the code a run uses recomputes
+    it. Set ``enabled=False`` (or ``NLUTILS_CACHE=off``) to always recompute.
     """
+
+    #: modules that format, plot or record results and cannot change a run's numbers
+    NOT_NUMERIC = ("__init__.py", "results.py", "plot.py", "profiles.py")
 
     def __init__(self, directory=None, enabled: bool | None = None):
         self.directory = Path(directory) if directory is not None else cache_dir()
         if enabled is None:
             enabled = os.environ.get("NLUTILS_CACHE", "") != "off"
         self.enabled = enabled
-        self._code = source_hash()
+        self._code = source_hash({k: v for k, v in loaded_modules().items()
+                                  if k not in self.NOT_NUMERIC})
         self.hits = 0
         self.misses = 0
 
@@ -214,3 +219,36 @@ class RunCache:
         result = fn()
         self.put(config, result)
         return result
+
+
+def reproduce_box(chapter: str, profiles=("smoke", "book", "paper"), directory=None):
+    """A "Reproduce this chapter" admonition (MyST markdown) for the end of a chapter: the
+    papermill command of every profile, the measured run time of this execution and the
+    provenance recorded in the chapter's results file."""
+    from IPython.display import Markdown
+
+    rec = None
+    for profile in ("book", *profiles):
+        p = result_path(chapter, profile, directory)
+        if p.exists():
+            rec = json.loads(p.read_text())
+            if rec.get("profile") in profiles:
+                break
+    lines = [":::{admonition} Reproduce this chapter", ":class: tip", "",
+             "From the repository root, after `make setup`:", "", "```bash"]
+    for profile in profiles:
+        lines.append(f".venv/bin/papermill notebooks/{chapter}.ipynb /tmp/{chapter}.{profile}.ipynb "
+                     f"-p profile {profile}")
+    lines += ["```", ""]
+    if rec is not None:
+        prov = rec["provenance"]
+        minutes = (prov.get("run_seconds") or 0) / 60
+        commit = (prov.get("git_commit") or "unknown")[:10]
+        dirty = " (with uncommitted changes)" if prov.get("git_dirty") else ""
+        lines += [f"This page was executed at profile `{rec['profile']}` in **{minutes:.1f} min** "
+                  f"on {prov.get('date')}: commit `{commit}`{dirty}, nlutils "
+                  f"{prov.get('nlutils_version')} (source `{prov.get('nlutils_source')}`), torch "
+                  f"{prov.get('torch_version')}, seeds {prov.get('seeds')}. Its headline numbers "
+                  f"are in `book/results/{chapter}.json`."]
+    lines.append(":::")
+    return Markdown("\n".join(lines))

@@ -106,11 +106,30 @@ def random_crop_flip(xb: torch.Tensor, generator: torch.Generator, pad: int = 4)
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def _batches(n: int, batch_size: int, gen: torch.Generator, steps_per_epoch: int | None):
+    """Yields, per epoch, the list of row batches: one pass over a fresh permutation, or
+    ``steps_per_epoch`` batches cut from a stream of permutations (a pass may then span
+    several "epochs", which are evaluation periods)."""
+    if steps_per_epoch is None:
+        while True:
+            yield torch.randperm(n, generator=gen).split(batch_size)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    while True:
+        out = []
+        for _ in range(steps_per_epoch):
+            if pos + batch_size > n:  # drop the ragged end of a pass, start a new one
+                perm, pos = torch.randperm(n, generator=gen), 0
+            out.append(perm[pos:pos + batch_size])
+            pos += batch_size
+        yield out
+
+
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         epochs: int,
         index: torch.Tensor | None = None,
         y_true: torch.Tensor | None = None,
         batch_size: int = 128,
+        steps_per_epoch: int | None = None,
         optimizer="adam", lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
         lr_schedule: Callable[[int], float] | None = None,
         weights: torch.Tensor | None = None,
@@ -127,13 +146,19 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     """Train ``model`` in place on rows ``(index[r], y[r])`` of image tensor ``x``.
 
     Returns the per-epoch history as a DataFrame; with a validation split,
-    ``history.attrs`` holds ``best_epoch`` and ``best_val_acc``.
-    ``on_epoch_end(epoch, model, record)`` may add columns to ``record``.
+    ``history.attrs`` holds ``best_epoch`` and ``best_val_acc``. ``steps_per_epoch`` makes
+    an "epoch" a fixed number of steps (an evaluation period) instead of one pass over the
+    rows: for very large row sets such as Rolnick's alpha copies.
+    ``on_epoch_end(epoch, model, record)`` may add columns to ``record``; returning ``True``
+    stops training after that epoch.
     """
     if epochs < 0:
         raise ValueError(f"epochs={epochs} must be >= 0")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if steps_per_epoch is not None and (steps_per_epoch < 1 or batch_size > len(y)):
+        raise ValueError(f"steps_per_epoch={steps_per_epoch} must be >= 1, with batch_size "
+                         f"<= the number of rows")
     y = torch.as_tensor(y, dtype=torch.long)
     index = torch.arange(len(y)) if index is None else torch.as_tensor(index, dtype=torch.long)
     if len(index) != len(y):
@@ -156,13 +181,12 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     since_best = 0
     bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress_enabled(progress),
                leave=False, file=sys.stderr)
+    stream = _batches(n, batch_size, gen, steps_per_epoch)
     for epoch in bar:
         model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
         losses, sizes = [], []
-        for s in range(0, n, batch_size):
-            rows = perm[s:s + batch_size]
+        for rows in next(stream):
             # index_select is ~2.5x faster than x[rows] for a contiguous tensor on the CPU
             xb = x.index_select(0, rows if identity else index.index_select(0, rows))
             if augment is not None:
@@ -191,8 +215,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             opt.step()
         if sched is not None:
             sched.step()
-        mean_loss = (float(torch.stack(losses) @ torch.tensor(sizes, dtype=losses[0].dtype, device=losses[0].device)) / sum(sizes)
-                     if losses else float("nan"))
+        mean_loss = (float(torch.stack(losses) @ torch.tensor(
+            sizes, dtype=losses[0].dtype, device=losses[0].device)) / sum(sizes)
+            if losses else float("nan"))
         rec = {"epoch": epoch, "loss": mean_loss,
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         t1 = time.perf_counter()
@@ -214,12 +239,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             else:
                 since_best += 1
         rec["eval_seconds"] = time.perf_counter() - t1
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model, rec)
+        stop = bool(on_epoch_end(epoch, model, rec)) if on_epoch_end is not None else False
         history.append(rec)
         bar.set_postfix({k: round(v, 2) for k, v in rec.items()
                          if k in ("loss", "test_acc", "val_acc")})
-        if patience is not None and val is not None and since_best >= patience:
+        if stop or (patience is not None and val is not None and since_best >= patience):
             break
     bar.close()
     df = pd.DataFrame(history)

@@ -53,10 +53,13 @@ def test_run_cache_hits_misses_and_keys(tmp_path):
     assert len(calls) == 3
 
 
-def test_run_cache_key_depends_on_the_code(tmp_path, monkeypatch):
+def test_run_cache_key_depends_on_the_numeric_code(tmp_path, monkeypatch):
     a = results.RunCache(tmp_path).key({"x": 1})
-    monkeypatch.setattr(results, "source_hash", lambda: "other-code")
+    mods = results.loaded_modules()
+    monkeypatch.setattr(results, "loaded_modules", lambda: dict(mods, **{"train.py": "changed"}))
     assert results.RunCache(tmp_path).key({"x": 1}) != a
+    monkeypatch.setattr(results, "loaded_modules", lambda: dict(mods, **{"plot.py": "changed"}))
+    assert results.RunCache(tmp_path).key({"x": 1}) == a
 
 
 def test_run_cache_disabled(tmp_path, monkeypatch):
@@ -112,3 +115,11 @@ def test_validate_other_parameters():
     with pytest.raises(ValueError, match="model"):
         profiles.validate({"model": "vgg"})
     profiles.validate({"alphas": [0, 5], "T": [[0.5, 0.5], [0.0, 1.0]], "model": "lenet5"})
+
+
+def test_reproduce_box_lists_every_profile_and_the_run(tmp_path):
+    results.save("demo", {"x": 1}, profile="book", seeds=[0, 1], run_seconds=90, directory=tmp_path)
+    text = results.reproduce_box("demo", directory=tmp_path).data
+    for profile in ("smoke", "book", "paper"):
+        assert f"-p profile {profile}" in text
+    assert "1.5 min" in text and "seeds [0, 1]" in text and text.startswith(":::{admonition}")

@@ -115,3 +115,23 @@ def test_bad_arguments(digits):
         train.fit(net, digits.x_train, digits.y_train, epochs=1, optimizer="lion", progress=False)
     with pytest.raises(ValueError, match="index has"):
         train.fit(net, digits.x_train, digits.y_train, epochs=1, index=torch.arange(3), progress=False)
+
+
+def test_steps_per_epoch_streams_permutations(digits):
+    seen = []
+
+    def loss_fn(logits, targets, rows):
+        seen.append(rows.clone())
+        return F.cross_entropy(logits, targets, reduction="none")
+
+    _fit(digits, epochs=3, loss_fn=loss_fn, batch_size=100, steps_per_epoch=5)
+    assert len(seen) == 15 and all(len(r) == 100 for r in seen)
+    first_pass = torch.cat(seen[:14])  # 14 full batches fit in one pass of 1437 rows
+    assert len(torch.unique(first_pass)) == 1400  # no row repeats within a pass
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        _fit(digits, epochs=1, steps_per_epoch=0)
+
+
+def test_on_epoch_end_can_stop_training(digits):
+    _, hist = _fit(digits, epochs=10, on_epoch_end=lambda e, m, rec: e >= 3)
+    assert len(hist) == 3
