@@ -35,6 +35,8 @@ test: setup
 
 bench: setup
 	$(PY) bench/train_loop.py
+	$(PY) bench/l2rw_step.py
+	$(PY) bench/gradsim_epoch.py
 
 clean:
 	rm -rf _build .cache

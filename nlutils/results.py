@@ -120,13 +120,15 @@ def result_path(chapter: str, profile: str = "book", directory=None) -> Path:
 
 
 def save(chapter: str, metrics: dict, *, profile: str, parameters: dict | None = None,
-         seeds=None, run_seconds: float | None = None, directory=None) -> Path:
-    """Write the chapter's record to :func:`result_path` and return the path."""
+         seeds=None, run_seconds: float | None = None, directory=None,
+         headline: list[dict] | None = None) -> Path:
+    """Write the chapter's record to :func:`result_path` and return the path. ``headline``:
+    ``[{"what", "ours", "reference", "source"}]`` rows for the landing page's table."""
     path = result_path(chapter, profile, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"chapter": chapter, "profile": profile,
               "provenance": provenance(parameters, seeds, run_seconds),
-              "metrics": _jsonable(metrics)}
+              "metrics": _jsonable(metrics), "headline": _jsonable(headline or [])}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
     tmp.replace(path)

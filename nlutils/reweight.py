@@ -75,9 +75,9 @@ def lookahead(model: nn.Module, optimizer: torch.optim.Optimizer | None, inner: 
               inner_lr: float | None = None, higher_eps: bool = False):
     r"""The point :math:`\bar\theta` where the trusted gradient is taken, Adam's
     denominators :math:`d` (the preconditioner is :math:`1/d`; ``None`` for SGD) and the
-    scalar in front of the inner product, as lists in ``model.parameters()`` order (trainable ones only). ``inner`` is
-    ``"sgd"`` (plain SGD, Ren et al.) or ``"adam"`` (the state of ``optimizer``, which must
-    be a ``torch.optim.Adam``). ``higher_eps=True`` puts Adam's ε where ``higher``'s
+    scalar in front of the inner product; lists follow ``model.parameters()`` (trainable
+    ones). ``inner`` is ``"sgd"`` (plain SGD, Ren et al.) or ``"adam"`` (the state of
+    ``optimizer``, which must be a ``torch.optim.Adam``). ``higher_eps=True`` puts Adam's ε where ``higher``'s
     differentiable Adam puts it (before the bias correction)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if inner == "sgd":

@@ -36,3 +36,26 @@ def real_data(name):
     if data.find(name) is None:
         pytest.skip(f"{name}.npz not available (set NLUTILS_DATA)")
     return data.load(name, download=False)
+
+
+@pytest.fixture(scope="session")
+def toc_files():
+    import yaml
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [c["file"] for c in part["chapters"]]
+    return files
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """``jupyter-book build . -W -n`` (warnings are errors) into a temporary folder, once."""
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp("book")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    proc = subprocess.run([str(jb), "build", str(ROOT), "--path-output", str(out), "-W", "-n",
+                           "--keep-going"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out / "_build" / "html"
