@@ -25,6 +25,7 @@ import math
 import os
 import pickle
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,13 +122,17 @@ def result_path(chapter: str, profile: str = "book", directory=None) -> Path:
 
 def save(chapter: str, metrics: dict, *, profile: str, parameters: dict | None = None,
          seeds=None, run_seconds: float | None = None, directory=None,
-         headline: list[dict] | None = None) -> Path:
+         headline: list[dict] | None = None, compute_seconds: float | None = None) -> Path:
     """Write the chapter's record to :func:`result_path` and return the path. ``headline``:
-    ``[{"what", "ours", "reference", "source"}]`` rows for the landing page's table."""
+    ``[{"what", "ours", "reference", "source"}]`` rows for the landing page's table;
+    ``compute_seconds``: the compute time of the chapter's runs (``RunCache.seconds``), which
+    stays meaningful when this execution was served from the cache."""
     path = result_path(chapter, profile, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"chapter": chapter, "profile": profile,
-              "provenance": provenance(parameters, seeds, run_seconds),
+              "provenance": dict(provenance(parameters, seeds, run_seconds),
+                                 compute_seconds=None if compute_seconds is None
+                                 else round(float(compute_seconds), 1)),
               "metrics": _jsonable(metrics), "headline": _jsonable(headline or [])}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
@@ -182,6 +187,7 @@ class RunCache:
                                   if k not in self.NOT_NUMERIC})
         self.hits = 0
         self.misses = 0
+        self.seconds = 0.0  # compute time of every run served, cached or not
 
     def key(self, config: dict) -> str:
         blob = json.dumps(_jsonable(config), sort_keys=True) + self._code
@@ -199,16 +205,17 @@ class RunCache:
                 stored = pickle.load(f)
         except Exception:  # a truncated file from a killed run: recompute it
             return None
+        self.seconds += _compute_seconds(stored)
         return stored["result"]
 
-    def put(self, config: dict, result) -> None:
+    def put(self, config: dict, result, seconds: float | None = None) -> None:
         if not self.enabled:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         p = self.path(config)
         tmp = p.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as f:
-            pickle.dump({"config": _jsonable(config), "result": result}, f)
+            pickle.dump({"config": _jsonable(config), "result": result, "seconds": seconds}, f)
         tmp.replace(p)
 
     def run(self, config: dict, fn: Callable[[], Any]):
@@ -218,9 +225,22 @@ class RunCache:
             self.hits += 1
             return hit
         self.misses += 1
+        t0 = time.perf_counter()
         result = fn()
-        self.put(config, result)
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
+        self.put(config, result, seconds)
         return result
+
+
+def _compute_seconds(stored: dict) -> float:
+    """A stored run's compute time; for runs stored without it, the training and evaluation
+    seconds of its history (when it has one)."""
+    if stored.get("seconds") is not None:
+        return float(stored["seconds"])
+    hist = stored["result"].get("history") if isinstance(stored["result"], dict) else None
+    cols = [c for c in ("seconds", "eval_seconds") if hist is not None and c in hist]
+    return float(hist[cols].to_numpy().sum()) if cols else 0.0
 
 
 def reproduce_box(chapter: str, profiles=("smoke", "book", "paper"), directory=None):
@@ -244,11 +264,12 @@ def reproduce_box(chapter: str, profiles=("smoke", "book", "paper"), directory=N
     lines += ["```", ""]
     if rec is not None:
         prov = rec["provenance"]
-        minutes = (prov.get("run_seconds") or 0) / 60
+        minutes = max(prov.get("run_seconds") or 0, prov.get("compute_seconds") or 0) / 60
         commit = (prov.get("git_commit") or "unknown")[:10]
         dirty = " (with uncommitted changes)" if prov.get("git_dirty") else ""
-        lines += [f"This page was executed at profile `{rec['profile']}` in **{minutes:.1f} min** "
-                  f"on {prov.get('date')}: commit `{commit}`{dirty}, nlutils "
+        lines += [f"This page was executed at profile `{rec['profile']}`; its runs take "
+                  f"**{minutes:.1f} min** on the machine that executed it (2 CPU cores). "
+                  f"Executed on {prov.get('date')}: commit `{commit}`{dirty}, nlutils "
                   f"{prov.get('nlutils_version')} (source `{prov.get('nlutils_source')}`), torch "
                   f"{prov.get('torch_version')}, seeds {prov.get('seeds')}. Its headline numbers "
                   f"are in `book/results/{chapter}.json`."]

@@ -123,3 +123,13 @@ def test_reproduce_box_lists_every_profile_and_the_run(tmp_path):
     for profile in ("smoke", "book", "paper"):
         assert f"-p profile {profile}" in text
     assert "1.5 min" in text and "seeds [0, 1]" in text and text.startswith(":::{admonition}")
+
+
+def test_run_cache_reports_compute_time_of_hits_and_misses(tmp_path):
+    import time as _time
+    cache = results.RunCache(tmp_path)
+    cache.run({"slow": 1}, lambda: _time.sleep(0.05) or {"v": 1})
+    assert cache.seconds >= 0.05
+    again = results.RunCache(tmp_path)
+    again.run({"slow": 1}, lambda: {"v": 2})
+    assert again.hits == 1 and again.seconds == pytest.approx(cache.seconds, rel=1e-6)

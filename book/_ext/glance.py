@@ -11,12 +11,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-TITLES = {
-    "foundations": "Label noise, the data and one training loop",
-    "meta_reweight": "Learning to reweight examples",
-    "gradient_similarity": "Gradient similarity",
-    "massive_noise": "Robust to massive label noise",
-}
+
+
+def title_of(book: Path, chapter: str) -> str:
+    """The first heading of the executed chapter (``book/<chapter>.ipynb``)."""
+    path = book / f"{chapter}.ipynb"
+    if path.exists():
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "markdown":
+                src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+                for line in src.splitlines():
+                    if line.startswith("# "):
+                        return line[2:].strip()
+    return chapter
 
 
 def _fmt(v):
@@ -34,7 +41,7 @@ def render(results_dir: Path) -> str:
             continue
         rec = json.loads(path.read_text())
         chapter = rec["chapter"]
-        title = TITLES.get(chapter, chapter)
+        title = title_of(results_dir.parent, chapter)
         for h in rec.get("headline", []):
             ref = _fmt(h.get("reference"))
             if h.get("source"):
