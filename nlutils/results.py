@@ -187,7 +187,8 @@ class RunCache:
                                   if k not in self.NOT_NUMERIC})
         self.hits = 0
         self.misses = 0
-        self.seconds = 0.0  # compute time of every run served, cached or not
+        self.seconds = 0.0  # compute time of the distinct runs served, cached or not
+        self._counted: set[str] = set()
 
     def key(self, config: dict) -> str:
         blob = json.dumps(_jsonable(config), sort_keys=True) + self._code
@@ -205,8 +206,14 @@ class RunCache:
                 stored = pickle.load(f)
         except Exception:  # a truncated file from a killed run: recompute it
             return None
-        self.seconds += _compute_seconds(stored)
+        self._count(config, _compute_seconds(stored))
         return stored["result"]
+
+    def _count(self, config: dict, seconds: float) -> None:
+        key = self.key(config)
+        if key not in self._counted:
+            self._counted.add(key)
+            self.seconds += seconds
 
     def put(self, config: dict, result, seconds: float | None = None) -> None:
         if not self.enabled:
@@ -228,7 +235,7 @@ class RunCache:
         t0 = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t0
-        self.seconds += seconds
+        self._count(config, seconds)
         self.put(config, result, seconds)
         return result
 
