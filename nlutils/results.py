@@ -1,20 +1,23 @@
-"""Headline metrics with provenance, and a per-run cache.
+"""Headline metrics with provenance, a per-run cache, and the chapter's reproduce box.
 
-``save(chapter, metrics, ...)`` writes ``book/results/<chapter>.json``::
+``save(chapter, metrics, ...)`` writes ``book/results/<chapter>.json`` (``<chapter>.<profile>
+.json`` for the smoke and paper profiles)::
 
     {"chapter": ..., "profile": ...,
-     "provenance": {"parameters": ..., "seeds": ..., "git_commit": ..., "git_dirty": ...,
-                    "nlutils_version": ..., "nlutils_source": <hash>, "torch_version": ...,
-                    "run_seconds": ..., "date": ...},
-     "metrics": {...}}
+     "provenance": {"parameters", "seeds", "git_commit", "git_dirty", "nlutils_version",
+                    "nlutils_source", "nlutils_modules": {file: hash}, "torch_version",
+                    "run_seconds", "compute_seconds", "date"},
+     "metrics": {...},
+     "headline": [{"what", "ours", "reference", "source"}, ...]}
 
 Accuracies are in percent, a mean over seeds is ``{"mean": m, "std": s, "n": k}``
-(see :func:`mean_std`).
+(see :func:`mean_std`). ``headline`` rows feed the landing page's table.
 
 ``RunCache`` stores one finished run per file, keyed by a hash of the run's full
-configuration *and* of the nlutils source, so re-executing a notebook reuses what is done,
-an interrupted sweep loses nothing already finished, and a change of the code it ran never
-serves stale numbers.
+configuration and of the nlutils modules that compute (not those that only record or
+plot), so re-executing a notebook reuses what is done, an interrupted sweep loses nothing
+already finished, and a change of the code a run used never serves stale numbers. It also
+adds up the compute time of the runs it serves (``RunCache.seconds``).
 """
 from __future__ import annotations
 
