@@ -7,11 +7,10 @@ import torch.nn.functional as F
 from nlutils import models, noise, train
 
 
-def _fit(ds, **kw):
-    net = models.build("mlp", ds.input_shape, 10, seed=kw.pop("model_seed", 0))
-    args = dict(epochs=5, lr=3e-3, test=(ds.x_test, ds.y_test), seed=0, progress=False)
-    args.update(kw)
-    hist = train.fit(net, ds.x_train, kw.pop("y", ds.y_train), **{k: v for k, v in args.items() if k != "y"})
+def _fit(ds, y=None, **kw):
+    net = models.build("mlp", ds.input_shape, 10, seed=0)
+    args = {**dict(epochs=5, lr=3e-3, test=(ds.x_test, ds.y_test), seed=0, progress=False), **kw}
+    hist = train.fit(net, ds.x_train, ds.y_train if y is None else y, **args)
     return net, hist
 
 
