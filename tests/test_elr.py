@@ -41,3 +41,42 @@ def test_zero_lambda_is_cross_entropy_and_suspects():
     assert elr.suspects(y).tolist() == [False, True, False]
     with pytest.raises(ValueError):
         ELRLoss(3, 2, beta=1.0)
+
+
+def _pair(n=40, lam=3.0, **kw):
+    from nlutils.elr_plus import ELRPlus
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    return ELRPlus(make, num_examples=n, num_classes=3, lam=lam, **kw)
+
+
+def test_elr_plus_trains_both_networks_and_averages_weights():
+    from nlutils import train
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+    pair = _pair()
+    before = [p.clone() for p in pair.parameters()]
+    hist = train.fit(pair, x, y, epochs=3, batch_size=8, optimizer="sgd", lr=0.1,
+                     step_loss=pair.step_loss, test=(x, y), progress=False)
+    assert len(hist) == 3 and hist["loss"].notna().all()
+    live = list(pair.nets.parameters())
+    avg = list(pair.averaged.parameters())
+    # both live networks moved; the averages moved too, but lag behind (EMA)
+    assert all(not torch.equal(a, b) for a, b in zip(live, before[:len(live)]))
+    assert any(not torch.equal(a, b) for a, b in zip(avg, live))
+    assert all(not p.requires_grad for p in avg)
+    # each network's targets were filled from the other one's averaged predictions
+    assert torch.allclose(pair.target.sum(2), 1 - 0.7 ** 3 * torch.ones(2, 40), atol=1e-5)
+    assert pair.suspects(y).shape == (40,)
+    out = pair.eval()(x)
+    assert torch.allclose(out.exp().sum(1), torch.ones(40), atol=1e-5)
+
+
+def test_elr_plus_without_regulariser_and_mixup_is_cross_entropy_of_two_nets():
+    pair = _pair(n=6, lam=0.0, mixup_alpha=0.0)
+    x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = pair.step_loss(pair, x, y, torch.arange(6))
+    manual = sum(F.cross_entropy(net(x), y) for net in pair.nets)
+    assert torch.allclose(loss, manual, atol=1e-6)
+    with pytest.raises(ValueError):
+        _pair(beta=1.0)

@@ -1,0 +1,57 @@
+"""The executed chapters' results files hold what their issues promise, in the promised shape."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+RESULTS = Path(__file__).resolve().parents[1] / "book" / "results"
+
+
+def load(chapter):
+    path = RESULTS / f"{chapter}.json"
+    if not path.exists():
+        pytest.fail(f"{path} missing: execute the chapter at profile=book")
+    rec = json.loads(path.read_text())
+    assert rec["profile"] == "book"
+    return rec["metrics"]
+
+
+def is_pct(v):
+    return isinstance(v, (int, float)) and 0 <= v <= 100
+
+
+def test_elr_metrics():
+    m = load("elr")
+    for method in ("ce", "elr"):
+        for setting in ("sym20", "sym40", "sym60", "sym80", "asym40"):
+            cell = m["acc"][method][setting]
+            assert is_pct(cell["mean"]) and cell["std"] >= 0
+        assert is_pct(m["memorized_final"][method]["mean"])
+    assert is_pct(m["identification"]["precision"]) and is_pct(m["identification"]["recall"])
+
+
+def test_loss_correction_metrics():
+    m = load("loss_correction")
+    losses = ("ce", "unhinged", "sigmoid", "savage", "bootstrap_soft", "bootstrap_hard",
+              "backward_T", "backward_That", "forward_T", "forward_That")
+    for loss in losses:
+        for setting in ("none", "sym0.2", "asym0.2", "asym0.6"):
+            v = m["cifar10"][loss][setting]["mean"]
+            assert is_pct(v) or math.isnan(v)  # NaN only for a refused (ill-conditioned) T̂
+        assert m["mnist"][loss]
+    assert m["T_hat_error"]["cifar10"]["asym0.6"]["robust"] >= 0
+
+
+def test_benchmark_metrics():
+    m = load("benchmark")
+    settings = ("cifar10_sym40", "cifar10_asym40", "cifar10n_worse", "cifar10n_aggre", "fmnist_sym60")
+    methods = ("ce", "l2rw", "gradsim", "elr", "forward_That", "backward_That", "bootstrap_hard",
+               "trusted_only", "oracle")
+    for s in settings:
+        for method in methods:
+            v = m["acc"][s][method]["mean"]
+            assert is_pct(v) or math.isnan(v)
+        assert is_pct(m["auroc"][s]["cleanlab"])
+    assert m["time_ratio"]["ce"] == pytest.approx(1.0)
+    assert all(m["time_ratio"][k] > 0 for k in methods)
