@@ -55,6 +55,8 @@ class ELRLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
                 reduction: str = "none") -> torch.Tensor:
+        if logits.dtype in (torch.bfloat16, torch.float16):  # autocast output
+            logits = logits.float()  # targets and loss in float32
         p = logits.softmax(1).clamp(1e-4, 1 - 1e-4)
         with torch.no_grad():
             q = p.detach()

@@ -46,6 +46,11 @@ from torch import nn
 __all__ = ["ELRPlus"]
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 (autocast output) to float32; float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class ELRPlus(nn.Module):
     """Two networks, their weight averages and one target per example and network."""
 
@@ -55,8 +60,9 @@ class ELRPlus(nn.Module):
         super().__init__()
         if lam < 0 or not 0 <= beta < 1 or mixup_alpha < 0 or not 0 <= ema_decay < 1:
             raise ValueError("need lam >= 0, 0 <= beta < 1, mixup_alpha >= 0, 0 <= ema_decay < 1")
-        torch.manual_seed(seed)
-        self.nets = nn.ModuleList([make_net(), make_net()])
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays untouched
+            torch.manual_seed(seed)
+            self.nets = nn.ModuleList([make_net(), make_net()])
         self.averaged = nn.ModuleList([copy.deepcopy(n) for n in self.nets])
         for p in self.averaged.parameters():
             p.requires_grad_(False)  # no gradient: optimizers skip them
@@ -102,11 +108,11 @@ class ELRPlus(nn.Module):
         for k in (0, 1):
             with torch.no_grad():
                 self.averaged[1 - k].train(self.nets[k].training)
-                p_hat = self.averaged[1 - k](xb).softmax(1).clamp(1e-4, 1 - 1e-4)
+                p_hat = _upcast(self.averaged[1 - k](xb)).softmax(1).clamp(1e-4, 1 - 1e-4)
                 t = self.beta * self.target[k, rows] + (1 - self.beta) * p_hat / p_hat.sum(1, keepdim=True)
                 self.target[k, rows] = t
                 q = lam_mix * t + (1 - lam_mix) * t[perm]
-            logits = self.nets[k](x_mix)
+            logits = _upcast(self.nets[k](x_mix))  # loss and targets in float32 under bf16
             p = logits.softmax(1).clamp(1e-4, 1 - 1e-4)
             ce = -(y_mix * logits.log_softmax(1)).sum(1).mean()
             reg = torch.log(1 - (q * p).sum(1)).mean()
@@ -120,7 +126,7 @@ class ELRPlus(nn.Module):
         self._average()
         for avg in self.averaged:
             avg.train(self.training)
-        p = sum(avg(x).softmax(1) for avg in self.averaged) / 2
+        p = sum(_upcast(avg(x)).softmax(1) for avg in self.averaged) / 2
         return p.clamp_min(1e-12).log()
 
     @torch.no_grad()

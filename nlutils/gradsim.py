@@ -47,6 +47,11 @@ __all__ = ["gram_linear", "cosine_from_gram", "similarity_weights", "per_example
            "gram_matrix", "GradSimReweight"]
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 (autocast output) to float32; float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def gram_linear(deltas: torch.Tensor, acts: torch.Tensor, bias: bool = True) -> torch.Tensor:
     """Gram matrix of the per-example gradients of one linear layer, ``(ΔΔᵀ) ⊙ (AAᵀ + 1)``."""
     dd = deltas @ deltas.t()
@@ -108,7 +113,8 @@ class _Tape:
         self.outputs.append(out)
 
 
-def _last_linear(model):
+def _linear_layers(model):
+    """All ``nn.Linear`` layers in forward (registration) order; the last is the head."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError("gradient similarity needs at least one nn.Linear layer")
@@ -118,28 +124,35 @@ def _last_linear(model):
 def gram_matrix(model, x, y, layers: str = "last", loss_fn=F.cross_entropy, tape=None):
     """The Gram matrix of per-example gradients, over the last linear layer
     (``layers="last"``) or over all parameters (``"all"``: closed form for linear layers,
-    ``torch.func`` for the rest). Returns ``(G, per_example_loss)``."""
-    linears = _last_linear(model)
-    tape = tape or _Tape(model, x, linears if layers == "all" else linears[-1:])
-    per = loss_fn(tape.logits, y, reduction="none")
-    if layers == "last":
-        if loss_fn is F.cross_entropy:  # δ = softmax(z) - onehot(y), no backward needed
-            d = tape.logits.detach().softmax(1)
-            d[torch.arange(len(y)), y] -= 1
-            deltas = [d]
-        else:
-            deltas = [g.detach() for g in torch.autograd.grad(per.sum(), tape.outputs, retain_graph=True)]
-        m = linears[-1]
-        return gram_linear(deltas[0], tape.inputs[-1], m.bias is not None), per
-    if layers != "all":
+    ``torch.func`` for the rest). Returns ``(G, per_example_loss)``, both float32. ``tape``:
+    a :class:`_Tape` of this batch already recorded (it must have traced the layers that
+    ``layers`` needs), to share one forward pass with the caller."""
+    if layers not in ("last", "all"):
         raise ValueError(f"layers={layers!r} must be 'last' or 'all'")
-    deltas = [g.detach() for g in torch.autograd.grad(per.sum(), tape.outputs, retain_graph=True)]
-    G = sum(gram_linear(d, a, m.bias is not None) for m, a, d in zip(linears, tape.inputs, deltas))
-    linear_ids = {id(p) for m in linears for p in m.parameters()}
-    others = [n for n, p in model.named_parameters() if id(p) not in linear_ids and p.requires_grad]
-    if others:
-        g = per_example_grads(model, x, y, others, loss_fn)
-        G = G + g @ g.t()
+    linears = _linear_layers(model)
+    # the forward pass runs at the caller's precision (bf16 under autocast); the Gram
+    # matrix, a sum of many small products, is formed in float32 from its activations
+    tape = tape or _Tape(model, x, linears if layers == "all" else linears[-1:])
+    logits = _upcast(tape.logits)
+    per = loss_fn(logits, y, reduction="none")
+    with torch.autocast(x.device.type, enabled=False):
+        if layers == "last":
+            m = linears[-1]
+            if loss_fn is F.cross_entropy:  # δ = softmax(z) - onehot(y), no backward needed
+                d = logits.detach().softmax(1)
+                d[torch.arange(len(y)), y] -= 1
+            else:
+                d = torch.autograd.grad(per.sum(), tape.outputs[-1], retain_graph=True)[0]
+            return gram_linear(_upcast(d.detach()), _upcast(tape.inputs[-1]), m.bias is not None), per
+        deltas = torch.autograd.grad(per.sum(), tape.outputs, retain_graph=True)
+        G = sum(gram_linear(_upcast(d.detach()), _upcast(a), m.bias is not None)
+                for m, a, d in zip(linears, tape.inputs, deltas))
+        linear_ids = {id(p) for m in linears for p in m.parameters()}
+        others = [n for n, p in model.named_parameters()
+                  if id(p) not in linear_ids and p.requires_grad]
+        if others:
+            g = per_example_grads(model, x, y, others, loss_fn)
+            G = G + g @ g.t()
     return G, per
 
 
@@ -184,7 +197,7 @@ class GradSimReweight:
 
     def __call__(self, model, xb, yb, rows=None):
         if self.weighting == "random":
-            per = self.loss_fn(model(xb), yb, reduction="none")
+            per = self.loss_fn(_upcast(model(xb)), yb, reduction="none")
             w = self.weights(torch.empty(len(yb), len(yb)), yb)
         else:
             G, per = gram_matrix(model, xb, yb, self.layers, self.loss_fn)

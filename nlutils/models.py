@@ -18,7 +18,16 @@ name               network                                                    us
 ``resnet32``       CIFAR ResNet (He et al. 2016, 3 stages of 5 basic blocks)     Patrini
 ``resnet34``       ResNet-34 (basic blocks 3-4-6-3) with a 3x3 CIFAR stem        ELR
 ``wrn28_10``       wide ResNet 28-10, pre-activation                            Ren et al.
+``fastcnn``        airbench-style CIFAR net (Jordan 2024): 2x2 patch-whitening  the CIFAR
+                   conv (24 ch) -> GELU -> 3 x [conv3x3 -> maxpool2 -> BN ->     chapters
+                   GELU -> conv3x3 -> BN -> GELU] -> maxpool3 -> linear / 9;      (book
+                   ``widths=(32, 64, 128)``; ``fastcnn94`` has airbench94's     profile)
+                   (64, 256, 256)
 =================  =========================================================  ==========
+
+The ``fastcnn`` family trains fast on a CPU in bf16 with ``channels_last`` (see
+``bench/cifar_cnn.py``); call :func:`init_whitening` with training *images* (never labels)
+before training to set its first layer from the patch covariance, as airbench does.
 """
 from __future__ import annotations
 
@@ -182,6 +191,87 @@ def wrn28_10(input_shape, num_classes, depth: int = 28, width: int = 10, dropout
     layers += [nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                nn.Linear(cin, num_classes)]
     return nn.Sequential(*layers)
+
+
+class FastCNN(nn.Module):
+    """An airbench-style network for 32x32 images (Jordan 2024, "94% on CIFAR-10 in 3.29
+    seconds on a single GPU"; the architecture of hlb-CIFAR10 with a whitening stem).
+
+    * ``whiten``: a 2x2 convolution with ``2 * C * 4`` filters and no padding (32 -> 31
+      pixels). :func:`init_whitening` sets its filters to the eigenvectors of the 2x2 patch
+      covariance, scaled by 1/sqrt(eigenvalue), each with its negative (so that the GELU
+      after it keeps both signs); they are then frozen and only the bias trains.
+    * three blocks ``conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU`` of widths
+      ``widths``; each conv starts as an identity (Dirac) on its first input channels; the
+      BatchNorms have no trainable scale (weight fixed at 1) and momentum 0.4 (airbench's
+      0.6 in its convention), eps 1e-12;
+    * a 3x3 max pool (3 -> 1 pixel), a linear layer without bias, and logits scaled by
+      ``scale = 1/9``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, widths=(32, 64, 128),
+                 scale: float = 1 / 9, bn_momentum: float = 0.4):
+        super().__init__()
+        if len(widths) != 3 or any(int(w) < 1 for w in widths):
+            raise ValueError(f"widths={widths!r} must be three positive channel counts")
+        self.widths = tuple(int(w) for w in widths)
+        self.scale = float(scale)
+        wc = 2 * in_channels * 2 * 2
+        self.whiten = nn.Conv2d(in_channels, wc, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)  # set by init_whitening, then fixed
+        nn.init.zeros_(self.whiten.bias)
+        blocks, cin = [], wc
+        for w in self.widths:
+            blocks.append(nn.Sequential(
+                _dirac_conv(cin, w), nn.MaxPool2d(2), _fixed_scale_bn(w, bn_momentum), nn.GELU(),
+                _dirac_conv(w, w), _fixed_scale_bn(w, bn_momentum), nn.GELU()))
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(cin, num_classes, bias=False)
+
+    def forward(self, x):
+        x = self.blocks(F.gelu(self.whiten(x)))
+        x = F.adaptive_max_pool2d(x, 1).flatten(1)  # = MaxPool2d(3) on the 3x3 map
+        return self.head(x) * self.scale
+
+
+def _dirac_conv(cin, cout):
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:min(cin, cout)])
+    return conv
+
+
+def _fixed_scale_bn(width, momentum):
+    bn = nn.BatchNorm2d(width, eps=1e-12, momentum=momentum)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+@torch.no_grad()
+def init_whitening(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> nn.Module:
+    """Set ``model.whiten`` (a k x k conv with ``2 * C * k * k`` filters) from the patch
+    covariance of ``images`` (N, C, H, W): filters ``±v_j / sqrt(λ_j + eps)`` for the
+    eigenpairs ``(λ_j, v_j)``, largest first. Uses the images only, never labels."""
+    conv = model.whiten
+    c, (kh, kw) = images.shape[1], conv.kernel_size
+    patches = images.float().unfold(2, kh, 1).unfold(3, kw, 1)         # N C H' W' kh kw
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw).double()
+    cov = patches.t() @ patches / len(patches)
+    evals, evecs = torch.linalg.eigh(cov)                             # ascending
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    filters = (evecs.t() / (evals.clamp_min(0) + eps).sqrt().unsqueeze(1)).reshape(-1, c, kh, kw)
+    conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight.dtype))
+    return model
+
+
+@register("fastcnn")
+def fastcnn(input_shape, num_classes, widths=(32, 64, 128), scale: float = 1 / 9):
+    """The fast CIFAR network of the ``book`` profile (~0.3 M parameters)."""
+    return FastCNN(input_shape[0], num_classes, widths=widths, scale=scale)
+
+
+register("fastcnn94")(lambda s, k: FastCNN(s[0], k, widths=(64, 256, 256)))
 
 
 MODELS = tuple(REGISTRY)

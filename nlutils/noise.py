@@ -110,13 +110,20 @@ def pairwise_T(name: str, rate: float, num_classes: int = 10) -> torch.Tensor:
     return T
 
 
-def _largest_remainder(n: int, probs: torch.Tensor) -> torch.Tensor:
-    """Integer counts that add up to ``n`` and are as close as possible to ``n * probs``."""
+def _largest_remainder(n: int, probs: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Integer counts that add up to ``n`` and are as close as possible to ``n * probs``.
+    Ties between equal remainders (the off-diagonal cells of a symmetric T) are broken by
+    ``generator``, so that the seed, not the class index, decides which cells get the extra
+    example."""
     raw = probs * n
     counts = torch.floor(raw).long()
     short = n - int(counts.sum())
     if short > 0:
-        order = torch.argsort(raw - counts, descending=True, stable=True)
+        rem = raw - counts
+        perm = (torch.randperm(len(rem), generator=generator) if generator is not None
+                else torch.arange(len(rem)))
+        order = perm[torch.argsort(rem[perm], descending=True, stable=True)]
         counts[order[:short]] += 1
     return counts
 
@@ -142,7 +149,7 @@ def from_transition(y: torch.Tensor, T, seed: int = 0) -> NoisyLabels:
         members = torch.nonzero(y == i).flatten()
         if len(members) == 0:
             continue
-        counts = _largest_remainder(len(members), T[i])
+        counts = _largest_remainder(len(members), T[i], g)
         members = members[torch.randperm(len(members), generator=g)]
         noisy[members] = torch.repeat_interleave(torch.arange(K), counts)
     return NoisyLabels(noisy, y.clone(), noisy != y, T, realised_T(y, noisy, K))

@@ -64,6 +64,11 @@ __all__ = ["MetaReweight", "meta_gradient", "meta_gradient_higher", "weights_fro
            "lookahead"]
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 (autocast output) to float32; float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def weights_from_meta_gradient(grad_eps: torch.Tensor) -> torch.Tensor:
     """``w = max(-grad, 0) / Σ max(-grad, 0)`` (all zeros when no entry is positive)."""
     w = torch.clamp(-grad_eps, min=0)
@@ -272,7 +277,9 @@ class MetaReweight:
     ``inner``: ``"adam"`` (the blog's virtual step through Adam's state) or ``"sgd"``
     (Ren et al.'s plain SGD step). ``method``: ``"auto"`` (closed form for all-linear
     networks, else a JVP), ``"closed"``, ``"jvp"``, or ``"higher"`` (the blog's
-    second-order pass, for comparison). ``higher_eps``: take Adam's virtual step exactly as
+    second-order pass, for comparison). Under ``torch.autocast`` (bf16 training) the
+    meta-gradient is still computed in float32; only the weighted step runs in bf16.
+    ``higher_eps``: take Adam's virtual step exactly as
     ``higher`` does (ε before the bias correction) instead of as ``torch.optim.Adam``. ``trusted_batch`` examples are drawn per step from a
     shuffled cycle over the trusted set. ``history`` keeps the weights of every step
     (``(rows, w)`` pairs, on the CPU) until :meth:`pop_history` is called.
@@ -321,24 +328,27 @@ class MetaReweight:
             if self.keep_history and rows is not None:
                 self.history.append((torch.as_tensor(rows).cpu(), w.detach().cpu()))
             return loss.detach()
-        theta_bar, denom, scale = lookahead(model, self.optimizer, self.inner,
-                                           higher_eps=self.higher_eps)
-        g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, self.loss_fn)
-        u = g_v if denom is None else torch._foreach_div(g_v, denom)
-        dots, tape = _inner_products(model, xb, yb, u, self.loss_fn, self.method)
-        w = weights_from_meta_gradient(-scale * dots.detach())
-        if tape is not None:
-            # the forward and the backward to the layer outputs that gave the weights also
-            # give the update Σ_i w_i δ_i a_iᵀ: no second backward pass
-            linears, tape, deltas, per = tape
-            for m, a, d in zip(linears, tape.inputs, deltas):
-                wd = d * w.unsqueeze(1)
-                m.weight.grad = wd.t() @ a
-                if m.bias is not None:
-                    m.bias.grad = wd.sum(0)
-            loss = (w * per.detach()).sum()
-        else:
-            per = self.loss_fn(model(xb), yb, reduction="none")
+        # the meta-gradient is a sum of many small products: float32 even when the caller
+        # trains under bf16 autocast (the real weighted step below keeps the caller's precision)
+        with torch.autocast(xb.device.type, enabled=False):
+            theta_bar, denom, scale = lookahead(model, self.optimizer, self.inner,
+                                               higher_eps=self.higher_eps)
+            g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, self.loss_fn)
+            u = g_v if denom is None else torch._foreach_div(g_v, denom)
+            dots, tape = _inner_products(model, xb, yb, u, self.loss_fn, self.method)
+            w = weights_from_meta_gradient(-scale * dots.detach())
+            if tape is not None:
+                # the forward and the backward to the layer outputs that gave the weights
+                # also give the update Σ_i w_i δ_i a_iᵀ: no second backward pass (float32)
+                linears, tape, deltas, per = tape
+                for m, a, d in zip(linears, tape.inputs, deltas):
+                    wd = d * w.unsqueeze(1)
+                    m.weight.grad = wd.t() @ a
+                    if m.bias is not None:
+                        m.bias.grad = wd.sum(0)
+                loss = (w * per.detach()).sum()
+        if tape is None:
+            per = self.loss_fn(_upcast(model(xb)), yb, reduction="none")
             loss = (w * per).sum()
             loss.backward()
             loss = loss.detach()

@@ -118,3 +118,18 @@ def test_blog_fixed_other_class_noise():
     for i, c in enumerate(fixed):
         counts = torch.bincount(nl.noisy[y == i], minlength=10)
         assert int(counts[c]) == 80 and int(counts[(c + 1) % 10 if (c + 1) % 10 != i else (c + 2) % 10]) == 40
+
+
+def test_rounding_remainder_goes_to_classes_chosen_by_the_seed():
+    """10 examples per class at 40% symmetric noise: 4 flips over 9 other classes, so 4 of
+    them get one example each. Which 4 must depend on the seed, not on the class index."""
+    y = torch.arange(10).repeat_interleave(10)
+    rows0 = set()
+    for seed in range(6):
+        nl = noise.symmetric(y, 0.4, 10, seed=seed)
+        assert nl.is_noisy.sum() == 40
+        T = nl.T_realised
+        assert torch.allclose(T.sum(1), torch.ones(10, dtype=torch.float64))
+        assert all(abs(T[i, i] - 0.6) < 1e-12 for i in range(10))
+        rows0.add(tuple(T[0].tolist()))
+    assert len(rows0) > 1, "the same classes always received the rounding remainder"

@@ -1,0 +1,114 @@
+"""How a network is trained, as one value: a :class:`Recipe`.
+
+A recipe holds everything :func:`nlutils.train.fit` needs besides the data, the model and
+the method hook: optimiser, learning rate, momentum, weight decay, batch size, epochs, one
+learning-rate schedule (:func:`nlutils.train.lr_schedule`), precision, augmentation, label
+smoothing and flip test-time augmentation. It is a frozen dataclass, so it can be part of a
+run's configuration (``asdict``) and changed only by making a new one
+(``recipe.replace(epochs=5)``), which validates again and names the bad field.
+
+Example::
+
+    from nlutils import recipe, models, train
+    r = recipe.RECIPES["fastcnn"].replace(epochs=10)
+    net = models.build("fastcnn", (3, 32, 32), 10, seed=0)
+    history = train.fit(net, x, y, **r.fit_kwargs(), seed=0)
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from . import train
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training hyperparameters; every field is checked on construction."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    batch_size: int = 128
+    epochs: int = 10
+    schedule: str = "constant"
+    schedule_args: dict = field(default_factory=dict)  # milestones, gamma, warmup, start, end
+    precision: str = "fp32"
+    augment: str = "none"
+    label_smoothing: float = 0.0
+    tta: bool = False
+    freeze: dict = field(default_factory=dict)  # parameter-name prefix -> epochs it trains
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ValueError(f"{name}={getattr(self, name)!r} {why}")
+        if self.optimizer not in train.OPTIMIZERS:
+            bad("optimizer", f"is unknown; choose one of {', '.join(train.OPTIMIZERS)}")
+        for name in ("lr",):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                bad(name, "must be a number > 0")
+        for name in ("momentum", "weight_decay", "label_smoothing"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                bad(name, "must be a number >= 0")
+        if self.momentum >= 1:
+            bad("momentum", "must be < 1")
+        if self.label_smoothing >= 1:
+            bad("label_smoothing", "must be < 1")
+        for name in ("batch_size", "epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                bad(name, "must be an integer >= 1")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            bad("nesterov", "needs optimizer='sgd' with momentum > 0")
+        if self.precision not in train.PRECISIONS:
+            bad("precision", f"is unknown; choose one of {', '.join(train.PRECISIONS)}")
+        try:
+            train.augmentation(self.augment)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        try:
+            train.lr_schedule(self.schedule, self.epochs, **self.schedule_args)
+        except TypeError as e:
+            raise ValueError(f"schedule_args={self.schedule_args!r}: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"schedule={self.schedule!r}: {e}") from None
+
+    def replace(self, **changes) -> "Recipe":
+        """A copy with ``changes`` (validated); unknown names raise ``ValueError``."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"{sorted(unknown)} are not recipe fields")
+        return dataclasses.replace(self, **changes)
+
+    def asdict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fit_kwargs(self) -> dict:
+        """Keyword arguments for :func:`nlutils.train.fit`."""
+        return dict(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
+                    weight_decay=self.weight_decay, nesterov=self.nesterov,
+                    batch_size=self.batch_size, epochs=self.epochs,
+                    lr_schedule=train.lr_schedule(self.schedule, self.epochs, **self.schedule_args),
+                    precision=self.precision, augment=self.augment,
+                    label_smoothing=self.label_smoothing, tta=self.tta,
+                    freeze=dict(self.freeze))
+
+
+#: The fast CIFAR network's recipe (``models.build("fastcnn")`` after
+#: ``models.init_whitening``), measured in ``bench/cifar_cnn.py``: airbench's
+#: hyperparameters for batch 256 with a mean loss (lr 11.5 / (1024 (1 + 1/(1 - 0.85))) per
+#: summed example = 0.375 per batch mean; decoupled weight decay 0.0153 per 1024 examples =
+#: 1.33e-3 in SGD's coupled form), Nesterov momentum 0.85, label smoothing 0.2, translate-by-2
+#: with reflection + flip, a one-cycle schedule (warm-up over the first 20 % of epochs from
+#: 0.2x, then linear down to 0.07x), bf16 autocast, the whitening bias frozen after 3 epochs.
+FASTCNN = Recipe(optimizer="sgd", lr=0.375, momentum=0.85, weight_decay=1.33e-3, nesterov=True,
+                 batch_size=256, epochs=30, schedule="triangle",
+                 schedule_args=dict(warmup=0.2, start=0.2, end=0.07),
+                 precision="bf16", augment="translate2+flip", label_smoothing=0.2, tta=True,
+                 freeze={"whiten.bias": 3})
+
+RECIPES = {"fastcnn": FASTCNN}
