@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/train_loop.py
 	$(PY) bench/l2rw_step.py
 	$(PY) bench/gradsim_epoch.py
+	$(PY) bench/cifar_cnn.py
 
 clean:
 	rm -rf _build .cache

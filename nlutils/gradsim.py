@@ -163,7 +163,7 @@ class GradSimReweight:
     the similarity weights, set the bottom/top ``fraction`` to zero and the rest uniform: the
     thesis' decoupled ranking), or ``"random"`` (weights uniform in (0, 2/m), the thesis'
     random baseline). ``within_class``: compare only examples with the same label.
-    ``record``: keep per-step ``(rows, weights)`` for diagnostics (``pop_history``).
+    ``record``: keep every step's weights for diagnostics (:meth:`pop_history`).
     """
 
     def __init__(self, a: float = 4.0, k: int | None = 4, layers: str = "last",
@@ -179,7 +179,8 @@ class GradSimReweight:
         self.fraction, self.within_class, self.loss_fn = fraction, within_class, loss_fn
         self.gen = torch.Generator().manual_seed(seed)
         self.record = record
-        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.history: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        self.steps = 0  # training steps seen
 
     def weights(self, G: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         m = G.shape[0]
@@ -203,10 +204,18 @@ class GradSimReweight:
             G, per = gram_matrix(model, xb, yb, self.layers, self.loss_fn)
             w = self.weights(G.detach(), yb)
         if self.record and rows is not None:
-            self.history.append((torch.as_tensor(rows).cpu(), w.detach().cpu()))
+            self.history.append((torch.as_tensor(rows).cpu(), w.detach().cpu(), self.steps))
+        self.steps += 1
         return (w.detach() * per).sum()
 
     def pop_history(self):
-        """``[(rows, weights), ...]`` recorded since the last call (one entry per step)."""
-        out, self.history = self.history, []
-        return out
+        """Everything recorded since the last call as three 1-D tensors ``(rows, weights,
+        step)``: the row of each weighted example, its weight, and the number of the
+        training step that gave it (one shape for every reweighting hook of the book)."""
+        if not self.history:
+            return torch.empty(0, dtype=torch.long), torch.empty(0), torch.empty(0, dtype=torch.long)
+        rows = torch.cat([r for r, _, _ in self.history])
+        w = torch.cat([w for _, w, _ in self.history])
+        step = torch.cat([torch.full((len(r),), s, dtype=torch.long) for r, _, s in self.history])
+        self.history = []
+        return rows, w, step

@@ -38,11 +38,11 @@ def _choice(options):
     return check
 
 
-def _each(check):
+def _each(check, allow_empty: bool = False):
     def run(name, v):
-        if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+        if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__"):
             raise ValueError(f"{name}={v!r} must be a list")
-        if len(list(v)) == 0:
+        if len(list(v)) == 0 and not allow_empty:
             raise ValueError(f"{name} must not be empty")
         for item in v:
             check(name, item)
@@ -89,7 +89,18 @@ def _transition(name, v):
         raise ValueError(f"{name}: {e}") from None
 
 
-#: parameter name -> check(name, value); names not listed are passed through unchecked
+def _nonneg(name, v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+        raise ValueError(f"{name}={v!r} must be a number >= 0")
+
+
+def _fraction(name, v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1:
+        raise ValueError(f"{name}={v!r} must be a number in [0, 1)")
+
+
+#: parameter name -> check(name, value); names not listed here or in :data:`PATTERNS` are
+#: passed through unchecked (a chapter adds its own with ``resolve(..., checks=...)``)
 CHECKS = {
     "dataset": _choice(data.DATASETS),
     "model": _choice(models.MODELS),
@@ -104,18 +115,60 @@ CHECKS = {
     "device": _device,
     "T": _transition,
     "per_class": _nonneg_int,
+    "n_train": _nonneg_int, "n_val": _positive_int,
+    "patience": _positive_int, "eval_every": _positive_int, "cleanlab_folds": _positive_int,
+    "a": _nonneg, "k": _positive_int,
+    "val_fraction": _fraction, "momentum": _fraction, "weight_decay": _nonneg,
+    "lr_decay": _positive, "lr_gamma": _positive,
 }
+
+#: checks by the shape of a name, for the parameters a chapter adds (``higher_seeds``,
+#: ``ablation_epochs``, ``conv_steps``, ``blog_alpha``, ...): (suffix, check)
+PATTERNS = (("seeds", _each(_seed, allow_empty=True)), ("_seed", _seed), ("epochs", _positive_int),
+            ("steps", _positive_int), ("_alpha", _nonneg_int), ("alphas", _each(_nonneg_int, allow_empty=True)),
+            ("_sizes", _each(_positive_int)), ("batch_size", _positive_int))
+
+
+def check_for(name: str):
+    """The check of parameter ``name``: by name, else by the shape of the name, else None."""
+    if name in CHECKS:
+        return CHECKS[name]
+    for suffix, check in PATTERNS:
+        if name.endswith(suffix):
+            return check
+    return None
+
+
+def coerce(name: str, value, default):
+    """A value given as a string by ``papermill -p`` (``"[0.2, 0.6]"``, ``"0"``, ``"True"``)
+    parsed as the Python literal it spells, when the profile's default is not a string.
+    A string that is not a literal raises ``ValueError`` naming the parameter."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    import ast
+
+    try:
+        return ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        if default is None:
+            return value  # a free-form string parameter
+        raise ValueError(f"{name}={value!r} is not a valid value: expected a "
+                         f"{type(default).__name__} such as {default!r}") from None
 
 
 def validate(params: dict) -> None:
     """Check every known parameter in ``params``; raise ``ValueError`` naming the first bad one."""
     for name, value in params.items():
-        if name in CHECKS and value is not None:
-            CHECKS[name](name, value)
+        check = check_for(name)
+        if check is not None and value is not None:
+            check(name, value)
 
 
-def resolve(profile: str, presets: dict, **given) -> SimpleNamespace:
-    """Profile defaults overridden by the explicitly given (non-``None``) parameters."""
+def resolve(profile: str, presets: dict, checks: dict | None = None, **given) -> SimpleNamespace:
+    """Profile defaults overridden by the explicitly given (non-``None``) parameters; strings
+    from ``papermill -p`` are parsed (:func:`coerce`); every value is checked
+    (:data:`CHECKS`, :data:`PATTERNS`, then the chapter's own ``checks``: name ->
+    ``check(name, value)``) before any training starts."""
     if profile not in PROFILES:
         raise ValueError(f"profile={profile!r} is unknown; choose one of {', '.join(PROFILES)}")
     cfg = dict(presets.get(profile, {}))
@@ -124,11 +177,14 @@ def resolve(profile: str, presets: dict, **given) -> SimpleNamespace:
     if unknown:
         raise ValueError(f"parameter(s) {sorted(unknown)} are not used by this chapter; "
                          f"it takes {sorted(known)}")
-    cfg.update({k: v for k, v in given.items() if v is not None})
+    cfg.update({k: coerce(k, v, cfg.get(k)) for k, v in given.items() if v is not None})
     missing = sorted(k for k, v in cfg.items() if v is None)
     if missing:
         raise ValueError(f"parameter(s) {missing} have no value for profile={profile!r}")
     validate(cfg)
+    for name, check in (checks or {}).items():
+        if cfg.get(name) is not None:
+            check(name, cfg[name])
     if cfg.get("device") == "auto":  # a GPU when there is one
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return SimpleNamespace(profile=profile, **cfg)

@@ -35,6 +35,7 @@ class Recipe:
     epochs: int = 10
     schedule: str = "constant"
     schedule_args: dict = field(default_factory=dict)  # milestones, gamma, warmup, start, end
+    schedule_per_step: bool = False  # evaluate the schedule before every step (smooth)
     precision: str = "fp32"
     augment: str = "none"
     label_smoothing: float = 0.0
@@ -87,12 +88,21 @@ class Recipe:
     def asdict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def key(self) -> dict:
+        """The fields that differ from :class:`Recipe`'s defaults: what identifies a recipe
+        in a run record's key, so that a new field whose default keeps the old behaviour
+        leaves every stored record valid."""
+        base = Recipe()
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(base, f.name)}
+
     def fit_kwargs(self) -> dict:
         """Keyword arguments for :func:`nlutils.train.fit`."""
         return dict(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
                     weight_decay=self.weight_decay, nesterov=self.nesterov,
                     batch_size=self.batch_size, epochs=self.epochs,
                     lr_schedule=train.lr_schedule(self.schedule, self.epochs, **self.schedule_args),
+                    schedule_per_step=self.schedule_per_step,
                     precision=self.precision, augment=self.augment,
                     label_smoothing=self.label_smoothing, tta=self.tta,
                     freeze=dict(self.freeze))

@@ -125,7 +125,8 @@ def result_path(chapter: str, profile: str = "book", directory=None) -> Path:
 
 def save(chapter: str, metrics: dict, *, profile: str, parameters: dict | None = None,
          seeds=None, run_seconds: float | None = None, directory=None,
-         headline: list[dict] | None = None, compute_seconds: float | None = None) -> Path:
+         headline: list[dict] | None = None, compute_seconds: float | None = None,
+         claims: list[dict] | None = None, runs: list[str] | None = None) -> Path:
     """Write the chapter's record to :func:`result_path` and return the path. ``headline``:
     ``[{"what", "ours", "reference", "source"}]`` rows for the landing page's table;
     ``compute_seconds``: the compute time of the chapter's runs (``RunCache.seconds``), which
@@ -137,6 +138,10 @@ def save(chapter: str, metrics: dict, *, profile: str, parameters: dict | None =
                                  compute_seconds=None if compute_seconds is None
                                  else round(float(compute_seconds), 1)),
               "metrics": _jsonable(metrics), "headline": _jsonable(headline or [])}
+    if claims is not None:
+        record["claims"] = _jsonable(claims)
+    if runs is not None:
+        record["runs"] = list(runs)  # the run records (under book/runs) this page was made from
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
     tmp.replace(path)
@@ -234,6 +239,9 @@ class RunCache:
         if hit is not None:
             self.hits += 1
             return hit
+        if os.environ.get("NLUTILS_TRAIN", "on") == "off":
+            from .runs import MissingRun
+            raise MissingRun(f"run not cached and training is switched off: {config}")
         self.misses += 1
         t0 = time.perf_counter()
         result = fn()

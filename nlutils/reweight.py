@@ -282,7 +282,7 @@ class MetaReweight:
     ``higher_eps``: take Adam's virtual step exactly as
     ``higher`` does (ε before the bias correction) instead of as ``torch.optim.Adam``. ``trusted_batch`` examples are drawn per step from a
     shuffled cycle over the trusted set. ``history`` keeps the weights of every step
-    (``(rows, w)`` pairs, on the CPU) until :meth:`pop_history` is called.
+    (on the CPU) until :meth:`pop_history` is called.
     """
 
     def __init__(self, optimizer, x_trusted, y_trusted, inner="adam", trusted_batch=128,
@@ -299,7 +299,8 @@ class MetaReweight:
         self._order, self._pos = torch.randperm(len(y_trusted), generator=self.gen), 0
         self._cycle = None
         self.keep_history, self.higher_eps = keep_history, higher_eps
-        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.history: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        self.steps = 0  # training steps seen
 
     def _next_trusted(self, device):
         """The next trusted batch of a shuffled cycle (the set is small: it is permuted
@@ -326,7 +327,8 @@ class MetaReweight:
             loss = (w * self.loss_fn(model(xb), yb, reduction="none")).sum()
             loss.backward()
             if self.keep_history and rows is not None:
-                self.history.append((torch.as_tensor(rows).cpu(), w.detach().cpu()))
+                self.history.append((torch.as_tensor(rows).cpu(), w.detach().cpu(), self.steps))
+            self.steps += 1
             return loss.detach()
         # the meta-gradient is a sum of many small products: float32 even when the caller
         # trains under bf16 autocast (the real weighted step below keeps the caller's precision)
@@ -353,16 +355,20 @@ class MetaReweight:
             loss.backward()
             loss = loss.detach()
         if self.keep_history and rows is not None:
-            self.history.append((torch.as_tensor(rows).cpu(), w.detach().cpu()))
+            self.history.append((torch.as_tensor(rows).cpu(), w.detach().cpu(), self.steps))
+        self.steps += 1
         return loss
 
     __call__ = step_loss
 
     def pop_history(self):
-        """All ``(rows, weights)`` recorded since the last call, concatenated."""
+        """Everything recorded since the last call as three 1-D tensors ``(rows, weights,
+        step)``: the row of each weighted example, its weight, and the number of the
+        training step that gave it (one shape for every reweighting hook of the book)."""
         if not self.history:
-            return torch.empty(0, dtype=torch.long), torch.empty(0)
-        rows = torch.cat([r for r, _ in self.history])
-        w = torch.cat([w for _, w in self.history])
+            return torch.empty(0, dtype=torch.long), torch.empty(0), torch.empty(0, dtype=torch.long)
+        rows = torch.cat([r for r, _, _ in self.history])
+        w = torch.cat([w for _, w, _ in self.history])
+        step = torch.cat([torch.full((len(r),), s, dtype=torch.long) for r, _, s in self.history])
         self.history = []
-        return rows, w
+        return rows, w, step

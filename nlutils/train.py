@@ -255,7 +255,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         steps_per_epoch: int | None = None,
         optimizer="adam", lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
         nesterov: bool = False,
-        lr_schedule: Callable[[int], float] | None = None,
+        lr_schedule: Callable[[float], float] | None = None,
+        schedule_per_step: bool = False,
         weights: torch.Tensor | None = None,
         loss_fn: Callable | None = None,
         step_loss: Callable | None = None,
@@ -327,7 +328,13 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         model.to(memory_format=torch.channels_last)
     ev = dict(precision=precision, channels_last=channels_last)  # evaluation as training
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay, nesterov)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule) if lr_schedule else None
+    sched = None
+    if lr_schedule is not None:
+        if schedule_per_step:  # the factor at fractional epochs: step s of an epoch of m steps
+            m = steps_per_epoch or -(-n // batch_size)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s / m))
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule)
     noisy_rows = None if y_true is None else (y != y_true)
     # images needed for the training-set evaluation (unique ones when rows repeat images)
     if track_train:
@@ -344,6 +351,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     if n.startswith(prefix):
                         p.requires_grad_(False)
         model.train()
+        epoch_lr = opt.param_groups[0]["lr"]  # the learning rate this epoch trains with
         t0 = time.perf_counter()
         losses, sizes = [], []
         for rows in next(stream):
@@ -378,13 +386,15 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 losses.append(loss.detach())
                 sizes.append(len(rows))
             opt.step()
-        if sched is not None:
+            if sched is not None and schedule_per_step:
+                sched.step()
+        if sched is not None and not schedule_per_step:
             sched.step()
         mean_loss = (float(torch.stack(losses) @ torch.tensor(
             sizes, dtype=losses[0].dtype, device=losses[0].device)) / sum(sizes)
             if losses else float("nan"))
         rec = {"epoch": epoch, "loss": mean_loss,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+               "lr": epoch_lr, "seconds": time.perf_counter() - t0}
         t1 = time.perf_counter()
         if track_train:
             pred = predict(model, x, uimg, eval_batch_size, device, **ev).argmax(1)[inv]

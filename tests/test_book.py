@@ -2,6 +2,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,3 +41,46 @@ def test_book_builds_with_warnings_as_errors(built_book, toc_files):
     # maths is served from the site itself
     assert (built_book / "_static" / "mathjax" / "tex-svg.js").exists()
     assert "cdn.jsdelivr" not in intro
+
+
+def _build_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("build_book", ROOT / "tools" / "build_book.py")
+    bb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bb)
+    return bb
+
+
+def test_stale_banner_is_inserted_and_removed(tmp_path):
+    bb = _build_tool()
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# Title\n"]},
+                    {"cell_type": "code", "metadata": {}, "source": ["x = 1"], "outputs": []}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "ch.ipynb"
+    path.write_text(json.dumps(nb))
+    bb.set_banner(path, "Its run records are missing.")
+    cells = json.loads(path.read_text())["cells"]
+    assert len(cells) == 3 and "This page is stale" in "".join(cells[1]["source"])
+    bb.set_banner(path, "Its run records are missing.")  # idempotent
+    assert len(json.loads(path.read_text())["cells"]) == 3
+    bb.set_banner(path, None)
+    assert json.loads(path.read_text())["cells"] == nb["cells"]
+
+
+@pytest.mark.notebooks
+def test_ci_rebuilds_every_chapter_from_its_run_records(tmp_path):
+    """Every chapter re-executed at profile=book from book/runs with training off: the
+    ported chapters reproduce their committed numbers exactly; a chapter without records is
+    listed as stale (and bannered), never recomputed. A tampered committed number is caught."""
+    bb = _build_tool()
+    assert bb.run_check() == 0
+    # the check can fail: change one glued number in a copy of the committed page
+    page = json.loads((ROOT / "book" / "foundations.ipynb").read_text())
+    for c in page["cells"]:
+        for o in c.get("outputs", []):
+            if o.get("metadata", {}).get("scrapbook", {}).get("name") == "hi_final":
+                o["data"]["text/plain"] = "0.0"
+    tampered = tmp_path / "foundations.ipynb"
+    tampered.write_text(json.dumps(page))
+    status, detail = bb.check(ROOT / "notebooks" / "foundations.ipynb", tampered, tmp_path / "x")
+    assert status == "differs" and "hi_final" in detail, detail

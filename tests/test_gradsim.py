@@ -69,7 +69,8 @@ def test_hook_returns_the_weighted_loss_and_records():
     x = x.float()
     hook = gradsim.GradSimReweight()
     loss = hook(model, x, y, rows=torch.arange(24))
-    (rows, w), = hook.pop_history()
+    rows, w, step = hook.pop_history()
+    assert torch.equal(step, torch.zeros(24, dtype=torch.long))
     per = F.cross_entropy(model(x), y, reduction="none")
     assert torch.allclose(loss, (w * per).sum()) and loss.requires_grad
     assert abs(float(w.sum()) - 1) < 1e-6
@@ -86,5 +87,5 @@ def test_noisy_examples_rank_low_on_a_trained_network(digits):
     hook = gradsim.GradSimReweight(a=4, k=4)
     rows = torch.arange(256)
     hook(model, digits.x_train[rows], nl.noisy[rows], rows)
-    (_, w), = hook.pop_history()
+    _, w, _ = hook.pop_history()
     assert w[nl.is_noisy[rows]].mean() < 0.5 * w[~nl.is_noisy[rows]].mean()

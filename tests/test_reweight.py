@@ -112,7 +112,8 @@ def test_step_fills_the_reweighted_gradient(make, inner):
     hook = reweight.MetaReweight(opt, xv, yv, inner=inner, trusted_batch=16, seed=0)
     hook.step_loss(model, x, y, rows=torch.arange(len(y)))
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
-    rows, w = hook.pop_history()
+    rows, w, step = hook.pop_history()
+    assert torch.equal(step, torch.zeros(len(y), dtype=torch.long)) and hook.steps == 1
     assert torch.equal(rows, torch.arange(len(y))) and abs(float(w.sum()) - 1) < 1e-9
     expected_g = reweight.meta_gradient(model, opt, x, y, xv, yv, inner=inner)
     assert torch.allclose(w, reweight.weights_from_meta_gradient(expected_g).to(w.dtype), atol=1e-10)
@@ -140,7 +141,7 @@ def test_higher_hook_gives_the_same_weights_as_the_fast_one():
     g_fast = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     slow.step_loss(model, x, y, rows=torch.arange(32))
-    (_, w_fast), (_, w_slow) = fast.pop_history(), slow.pop_history()
+    (_, w_fast, _), (_, w_slow, _) = fast.pop_history(), slow.pop_history()
     # the fast hook uses torch.optim.Adam's ε placement, higher its own: close, not equal
     assert torch.allclose(w_fast, w_slow, rtol=1e-2, atol=1e-4)
     for g, p in zip(g_fast, model.parameters()):

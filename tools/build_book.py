@@ -1,8 +1,18 @@
-"""Execute the chapters that need it and report the stale ones.
+"""Execute the chapters that need it, check the executed ones against their run records,
+and mark the stale ones.
 
     python tools/build_book.py            # execute only chapters whose book/ copy is missing
     python tools/build_book.py --all      # re-execute every chapter (make reproduce)
+    python tools/build_book.py --check    # CI: re-execute every chapter at profile=book from
+                                          # book/runs with training switched off
     python tools/build_book.py --only elr --profile smoke --out /tmp/x
+
+``--check`` re-executes each chapter with ``NLUTILS_TRAIN=off`` into a temporary folder,
+which redraws every figure and table from the committed run records. A chapter whose
+records are missing or stale (a run would have to train) is listed as stale and its
+committed page gets a visible banner; a chapter whose re-executed metrics or glued numbers
+differ from the committed ``book/results/<chapter>.json`` and ``book/<chapter>.ipynb`` is an
+error (exit status 1).
 
 A source notebook ``notebooks/<name>.ipynb`` is executed with papermill into
 ``book/<name>.ipynb``. The executed copy records in its metadata (``nlbook``) a hash of the
@@ -92,13 +102,90 @@ def execute(src: Path, out: Path, profile: str, parameters: dict | None = None) 
     return seconds
 
 
+BANNER_TAG = "nlbook-stale-banner"
+
+
+def set_banner(path: Path, reason: str | None) -> None:
+    """Insert (``reason``) or remove (``None``) the stale-chapter banner of an executed page."""
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if BANNER_TAG not in c.get("metadata", {}).get("tags", [])]
+    if reason:
+        banner = {"cell_type": "markdown", "metadata": {"tags": [BANNER_TAG]}, "source": [
+            ":::{warning} This page is stale\n",
+            f"{reason} The figures and numbers below were made by an earlier version of the "
+            "code; `make reproduce` (or the chapter's reproduce box) recomputes them.\n", ":::"]}
+        at = 1 if cells and cells[0]["cell_type"] == "markdown" else 0
+        cells.insert(at, banner)
+    if cells != nb["cells"]:
+        nb["cells"] = cells
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def glued(path: Path) -> dict:
+    """``{name: text/plain}`` of the numbers a notebook glued for its prose."""
+    out = {}
+    for c in json.loads(path.read_text())["cells"]:
+        for o in c.get("outputs", []):
+            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                out[name] = o.get("data", {}).get("text/plain")
+    return out
+
+
+def check(src: Path, committed: Path, tmp: Path) -> tuple[str, str]:
+    """Re-execute ``src`` at profile=book from the run records, training off. Returns
+    ``("ok" | "stale" | "differs", detail)``."""
+    import papermill as pm
+
+    results_tmp = tmp / "results"
+    results_tmp.mkdir(parents=True, exist_ok=True)
+    env = {"NLUTILS_TRAIN": "off", "NLUTILS_RESULTS": str(results_tmp), "NLUTILS_PROGRESS": "0",
+           "NLUTILS_RUNS": str(ROOT / "book" / "runs")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    out = tmp / src.name
+    try:
+        pm.execute_notebook(str(src), str(out), parameters={"profile": "book"}, cwd=str(ROOT),
+                            kernel_name="python3", progress_bar=False)
+    except pm.PapermillExecutionError as e:
+        if e.ename == "MissingRun":
+            return "stale", "its run records are missing or were made by other numerics"
+        return "differs", f"re-execution failed: {e.ename}: {e.evalue}"
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    record = ROOT / "book" / "results" / f"{src.stem}.json"
+    problems = []
+    if record.exists():
+        new = json.loads((results_tmp / f"{src.stem}.json").read_text())
+        ref = json.loads(record.read_text())
+        for key in ("metrics", "claims", "headline"):
+            if new.get(key) != ref.get(key):
+                problems.append(f"book/results/{src.stem}.json {key}")
+    else:
+        problems.append(f"book/results/{src.stem}.json is missing")
+    if committed.exists():
+        a, b = glued(out), glued(committed)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            problems.append(f"glued numbers {diff[:8]}")
+    return ("differs", "; ".join(problems)) if problems else ("ok", "")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--all", action="store_true", help="re-execute every chapter")
     ap.add_argument("--only", nargs="*", help="chapter names (default: all in notebooks/)")
     ap.add_argument("--profile", default="book")
     ap.add_argument("--out", default=str(ROOT / "book"), help="folder for executed copies")
+    ap.add_argument("--check", action="store_true",
+                    help="re-execute every chapter from its run records, training off (CI)")
     args = ap.parse_args(argv)
+    if args.check:
+        return run_check(args.only)
 
     sources = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if args.only:
@@ -122,6 +209,32 @@ def main(argv=None) -> int:
     else:
         print("all executed chapters are up to date")
     return 0
+
+
+def run_check(only=None) -> int:
+    import tempfile
+
+    sources = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    if only:
+        sources = [s for s in sources if s.stem in only]
+    failed, stale = [], []
+    for src in sources:
+        committed = ROOT / "book" / src.name
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            status, detail = check(src, committed, Path(tmp))
+        print(f"{src.stem}: {status} ({time.perf_counter() - t0:.0f} s){': ' + detail if detail else ''}",
+              flush=True)
+        if status == "stale":
+            stale.append(src.stem)
+        elif status == "differs":
+            failed.append(src.stem)
+        if committed.exists() and status != "differs":
+            set_banner(committed, f"Its run records (`book/runs/`) are missing or no longer match "
+                                  f"what the code computes." if status == "stale" else None)
+    print(f"{len(stale)} stale chapter(s): {', '.join(stale) or '-'}; "
+          f"{len(failed)} differing: {', '.join(failed) or '-'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

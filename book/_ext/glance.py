@@ -1,9 +1,9 @@
 """Sphinx extension: build the landing page's "results at a glance" table from
 book/results/*.json at build time (nothing typed in by hand).
 
-Each chapter record may hold a ``headline`` list of
-``{"what", "ours", "reference", "source"}`` entries, written by the executed chapter
-(``nlutils.results.save(..., headline=...)``). The table goes to
+Each chapter record may hold a ``claims`` list (``{"claim", "paper", "ours", "protocol",
+"verdict", "source"}``, written by ``nlutils.chapter.Chapter.claim``) and a ``headline``
+list of ``{"what", "ours", "reference", "source"}`` entries. The table goes to
 ``book/_generated/glance.md``, which ``book/intro.md`` includes.
 """
 from __future__ import annotations
@@ -35,21 +35,29 @@ def _fmt(v):
 
 
 def render(results_dir: Path) -> str:
-    rows = ["| chapter | what | ours | paper / source |", "|---|---|---|---|"]
+    """The claims ledger: per chapter, one row per claim of the paper or source, with the
+    paper's number, ours (with the protocol that produced it) and the chapter's verdict.
+    Chapters that record only ``headline`` rows show them with no verdict."""
+    out = []
     for path in sorted(results_dir.glob("*.json")):
         if path.name.count(".") > 1:  # smoke / paper records are not what the book shows
             continue
         rec = json.loads(path.read_text())
         chapter = rec["chapter"]
-        title = title_of(results_dir.parent, chapter)
-        for h in rec.get("headline", []):
-            ref = _fmt(h.get("reference"))
-            if h.get("source"):
-                ref += f" ({h['source']})"
-            rows.append(f"| {{doc}}`{title} <{chapter}>` | {h['what']} | {_fmt(h.get('ours'))} | {ref} |")
-    if len(rows) == 2:
-        rows.append("| – | no chapter has been executed yet | | |")
-    return "\n".join(rows) + "\n"
+        rows = []
+        for c in rec.get("claims") or []:
+            src = f" ({c['source']})" if c.get("source") else ""
+            rows.append(f"| {c['claim']}{src} | {_fmt(c.get('paper'))} | {_fmt(c.get('ours'))} "
+                        f"<br><small>{c.get('protocol', '')}</small> | **{c['verdict']}** |")
+        for h in rec.get("headline") or []:
+            ref = _fmt(h.get("reference")) + (f" ({h['source']})" if h.get("source") else "")
+            rows.append(f"| {h['what']} | {ref} | {_fmt(h.get('ours'))} | – |")
+        if rows:
+            out += [f"**{{doc}}`{title_of(results_dir.parent, chapter)} <{chapter}>`**", "",
+                    "| claim | paper / source | ours | verdict |", "|---|---|---|---|", *rows, ""]
+    if not out:
+        out = ["No chapter has been executed yet."]
+    return "\n".join(out) + "\n"
 
 
 def _generate(app):

@@ -1,0 +1,151 @@
+"""The chapter layer: what a chapter notebook calls, and nothing below it imports.
+
+* :class:`Chapter` resolves and validates the parameters (profile presets, strings from
+  ``papermill -p`` parsed, every error naming the parameter, all before training), serves
+  runs from the run records (:class:`nlutils.runs.RunStore` under ``book/runs``), and keeps
+  one dictionary of metrics: :meth:`Chapter.glue` puts a number into the prose *and* into
+  the metrics under the same name, so the text, ``book/results/<chapter>.json`` and the
+  figures are fed from one object. :meth:`Chapter.claim` adds a row to the book's claims
+  ledger; :meth:`Chapter.save` writes the record.
+* :func:`compare` is the one rule for every conclusion: the mean paired difference over
+  seeds with its 95 % t-interval, and a verdict (``better`` / ``worse`` / ``within noise``).
+
+Example::
+
+    ch = Chapter("foundations", profile, PRESETS, dict(rates=rates, seeds=seeds))
+    rec = ch.run(config, compute, canary=..., canary_name="ce")
+    ch.glue("hi_final", 81.2)                  # {glue:text}`hi_final` and metrics["hi_final"]
+    ch.claim("memorisation drops test accuracy", paper=None, ours="96.1 → 81.2",
+             protocol="final epoch", verdict="reproduced")
+    ch.save()
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import data, profiles, registry, results, runs
+from . import setting as setting_lib
+from .recipe import Recipe
+
+BOOK = Path(__file__).resolve().parent.parent / "book"
+VERDICTS = ("reproduced", "partly", "not reproduced", "no paper number")
+
+
+def compare(a, b, *, higher_is_better: bool = True, level: float = 0.95) -> dict:
+    """Paired comparison of per-seed values ``a`` and ``b`` (same seeds, same order):
+    ``{"mean", "low", "high", "n", "verdict"}`` for ``a - b``; the interval is the t-interval
+    of the mean difference. ``verdict``: ``better`` when the whole interval favours ``a``,
+    ``worse`` when it favours ``b``, else ``within noise`` (always so for one seed)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"compare needs two equally long, non-empty lists (got {a.shape} and {b.shape})")
+    d = a - b
+    n = d.size
+    mean = float(d.mean())
+    if n < 2:
+        low, high = -math.inf, math.inf
+    else:
+        from scipy import stats
+
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+        low, high = mean - half, mean + half
+    lo, hi = (low, high) if higher_is_better else (-high, -low)
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "within noise"
+    return {"mean": mean, "low": low, "high": high, "n": int(n), "verdict": verdict}
+
+
+def describe(c: dict, unit: str = " points") -> str:
+    """``"+1.40 (95% CI +0.52 to +2.28, 5 seeds): better"``."""
+    if c["n"] < 2:
+        return f"{c['mean']:+.2f}{unit} (one seed: no interval)"
+    return (f"{c['mean']:+.2f}{unit} (95% CI {c['low']:+.2f} to {c['high']:+.2f}, "
+            f"{c['n']} seeds): {c['verdict']}")
+
+
+class Chapter:
+    """Parameters, run records, glued metrics, claims and the record of one chapter."""
+
+    def __init__(self, name: str, profile: str, presets: dict, given: dict,
+                 checks: dict | None = None, runs_dir=None):
+        self.name = name
+        self.cfg = profiles.resolve(profile, presets, checks=checks, **given)
+        self.profile = profile
+        self.metrics: dict = {}
+        self.claims: list[dict] = []
+        self.started = time.perf_counter()
+        # the book's records are committed; smoke and paper runs stay local
+        directory = runs_dir or os.environ.get("NLUTILS_RUNS") or (
+            BOOK / "runs" if profile == "book" else BOOK.parent / ".cache" / f"runs-{profile}")
+        self.store = runs.RunStore(directory)
+
+    # ------------------------------------------------------------ runs
+    def run(self, config: dict, compute, **kw) -> runs.Record:
+        """A run record from the store, computed when missing (see :class:`runs.RunStore`)."""
+        return self.store.run(config, compute, **kw)
+
+    def train(self, setting, method: str, *, model: str, recipe: Recipe, seed: int,
+              params: dict | None = None, model_args: dict | None = None, n_train: int = 0,
+              trusted_per_class: int = 0, val_fraction: float = 0.0, track_train: bool = True,
+              device="cpu") -> runs.Record:
+        """One method on one seed of one setting: the record from ``book/runs`` or a new
+        run (:func:`registry.run`). The key is what the run is — setting, method and its
+        parameters, model, recipe, seed, splits — not which chapter asked for it, so two
+        chapters that run the same configuration share one record; the fingerprint is the
+        method's canary on this model and recipe (:func:`registry.canary`)."""
+        s = setting_lib.parse(setting) if isinstance(setting, str) else setting
+        prm = registry.method_params(method, params)
+        config = dict(method=method, setting=s.name, model=model, model_args=model_args or {},
+                      recipe=recipe.key(), seed=seed, params=prm, n_train=n_train,
+                      trusted_per_class=trusted_per_class, val_fraction=val_fraction,
+                      track_train=track_train)
+        spec = data.SPECS[s.dataset]["train"]
+        shape = (1, *spec[1:]) if len(spec) == 3 else (spec[3], spec[1], spec[2])
+        K = len(data.SPECS[s.dataset]["classes"])
+
+        def compute():
+            problem = s.build(seed, n_train=n_train, trusted_per_class=trusted_per_class,
+                              val_fraction=val_fraction)
+            return registry.run(problem, method, model=model, recipe=recipe, seed=seed,
+                                params=params, model_args=model_args, device=device,
+                                track_train=track_train)
+
+        canary = registry.canary(method, model=model, recipe=recipe, input_shape=shape,
+                                 params=params, model_args=model_args, num_classes=K)
+        name = runs.canonical(dict(method=method, model=model, model_args=model_args or {},
+                                   recipe=recipe.key(), params=prm, shape=shape, K=K))
+        return self.store.run(config, compute, canary=canary, canary_name=name)
+
+    # ------------------------------------------------------------ numbers
+    def glue(self, name: str, value, *, metric: bool = True, display: bool = False):
+        """Glue ``value`` for the prose (``{glue:text}`name```) and, unless
+        ``metric=False``, store it in the chapter's metrics under the same name."""
+        from myst_nb import glue
+
+        glue(name, value, display=display)
+        if metric:
+            self.metrics[name] = value
+        return value
+
+    def claim(self, claim: str, *, paper, ours, protocol: str, verdict: str, source: str = ""):
+        """One row of the claims ledger: the paper's claim, its number, ours (with the
+        protocol that produced it) and a verdict computed by the chapter."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict={verdict!r} must be one of {VERDICTS}")
+        self.claims.append({"claim": claim, "paper": paper, "ours": ours, "protocol": protocol,
+                            "verdict": verdict, "source": source})
+
+    def save(self, extra_metrics: dict | None = None, headline: list | None = None) -> Path:
+        """Write ``book/results/<chapter>.json`` (``.<profile>.json`` for smoke/paper)."""
+        metrics = {**self.metrics, **(extra_metrics or {})}
+        return results.save(self.name, metrics, profile=self.profile, parameters=vars(self.cfg),
+                            seeds=getattr(self.cfg, "seeds", None),
+                            run_seconds=time.perf_counter() - self.started,
+                            headline=headline, claims=self.claims,
+                            compute_seconds=self.store.seconds,
+                            runs=sorted(str(p.relative_to(self.store.directory))
+                                        for p in self.store.used.values()))

@@ -1,0 +1,253 @@
+"""Every method the book runs, behind one contract; one runner; one canary per code path.
+
+The method modules (:mod:`elr`, :mod:`elr_plus`, :mod:`reweight`, :mod:`gradsim`,
+:mod:`correction`, :mod:`robust_losses`) stay copyable alone and import nothing from here.
+This module is the experiment layer's adapter: for a method name it says
+
+* **how it trains**: which rows and labels, and which :func:`train.fit` hook (``loss_fn``,
+  ``step_loss``, ``weights``, or a different optimiser);
+* **its noisiness score**: one number per training row, higher = more likely wrong
+  (``arrays["score"]``; absent for the oracle);
+* **its history**: the fit history plus, for reweighting methods, the per-row mean weight
+  (``arrays["weight"]``) from the hooks' ``(rows, weights)`` records.
+
+:func:`run` builds the model, trains with the recipe and returns ``(metrics, history,
+arrays)`` for :class:`nlutils.runs.RunStore`. Metrics always include ``acc_last`` (test
+accuracy after the last epoch), ``acc_noisyval`` (test accuracy at the epoch with the best
+accuracy on the noisy validation split, when the problem has one), ``acc_besttest`` (the
+best test epoch: the optimistic protocol of leaderboards, never used to choose anything)
+and ``memorized_final`` (percent of wrongly labelled rows predicted as their wrong label).
+
+:func:`canary` runs the same code path (method, model family, recipe: precision,
+augmentation, smoothing, schedule) on 64 synthetic images for two steps and returns the
+numbers it produced: the fingerprint of a run record (see :mod:`nlutils.runs`).
+
+=====================  =====================================================================
+method                 trains / scores
+=====================  =====================================================================
+``ce``                 cross-entropy on the noisy rows / ``-log p_y``
+``oracle``             cross-entropy on the rows whose label is right / no score
+``trusted_only``       cross-entropy on the trusted rows, as many steps as ``ce`` / ``1 - p_y``
+``elr``                :class:`elr.ELRLoss` (``lam``, ``beta``) / ``1 - t_y`` (target)
+``elr_plus``           :class:`elr_plus.ELRPlus` / ``1 - mean target_y``
+``forward``,           :class:`correction.ForwardCorrection` / ``BackwardCorrection`` with
+``backward``           ``params["T"]`` (the true or an estimated T) / posterior of a wrong label
+``bootstrap_soft``,    :mod:`robust_losses` / ``1 - p_y``
+``bootstrap_hard``,
+``unhinged``,
+``sigmoid``, ``savage``
+``l2rw``               :class:`reweight.MetaReweight` on the trusted rows (``inner``: sgd or
+                       adam) / minus the mean weight of the row
+``gradsim``            :class:`gradsim.GradSimReweight` (``a``, ``k``, ``layers``) / minus the
+                       mean weight of the row
+=====================  =====================================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import correction, data, detection, elr, elr_plus, gradsim, models, noise, reweight
+from . import robust_losses, train
+from .recipe import Recipe
+from .setting import Problem, Setting
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    paper: str
+    uses_trusted: bool = False   # needs clean examples (trusted rows)
+    uses_mask: bool = False      # needs to know which labels are wrong (a reference)
+    defaults: tuple = ()         # (name, value) pairs of its parameters
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("ce", "cross-entropy"),
+    Method("oracle", "cross-entropy on the correctly labelled rows", uses_mask=True),
+    Method("trusted_only", "cross-entropy on the trusted rows", uses_trusted=True),
+    Method("elr", "Liu et al. 2020", defaults=(("lam", 3.0), ("beta", 0.7))),
+    Method("elr_plus", "Liu et al. 2020", defaults=(("lam", 3.0), ("beta", 0.7),
+                                                    ("mixup_alpha", 1.0), ("ema_decay", 0.997))),
+    Method("forward", "Patrini et al. 2017", defaults=(("T", None),)),
+    Method("backward", "Patrini et al. 2017", defaults=(("T", None),)),
+    Method("bootstrap_soft", "Reed et al. 2014"), Method("bootstrap_hard", "Reed et al. 2014"),
+    Method("unhinged", "van Rooyen et al. 2015"), Method("sigmoid", "Ghosh et al. 2015"),
+    Method("savage", "Masnadi-Shirazi & Vasconcelos 2009"),
+    Method("l2rw", "Ren et al. 2018", uses_trusted=True,
+           defaults=(("inner", "sgd"), ("trusted_batch", 128))),
+    Method("gradsim", "Wei 2020", defaults=(("a", 4.0), ("k", 4), ("layers", "last"))),
+]}
+
+LOSSES = {"bootstrap_soft": robust_losses.bootstrap_soft, "bootstrap_hard": robust_losses.bootstrap_hard,
+          "unhinged": robust_losses.unhinged, "sigmoid": robust_losses.sigmoid,
+          "savage": robust_losses.savage}
+
+
+def method_params(name: str, params: dict | None = None) -> dict:
+    """The method's parameters: its defaults overridden by ``params`` (unknown names raise)."""
+    if name not in METHODS:
+        raise ValueError(f"method={name!r} is unknown; choose one of {', '.join(METHODS)}")
+    defaults = dict(METHODS[name].defaults)
+    unknown = set(params or {}) - set(defaults)
+    if unknown:
+        raise ValueError(f"method {name!r} takes {sorted(defaults) or 'no parameters'}, "
+                         f"not {sorted(unknown)}")
+    out = {**defaults, **(params or {})}
+    if name in ("forward", "backward") and out["T"] is None:
+        raise ValueError(f"method {name!r} needs params['T'] (a K x K transition matrix)")
+    return out
+
+
+def build_model(model: str, problem: Problem, seed: int, model_args: dict | None = None):
+    net = models.build(model, problem.ds.input_shape, problem.num_classes, seed=seed,
+                       **(model_args or {}))
+    if isinstance(net, models.FastCNN):  # whitening from training images, never labels
+        rows = problem.train[:5000]
+        models.init_whitening(net, problem.ds.x_train.index_select(0, rows))
+    return net
+
+
+def _p_given(model, problem, rows, labels, ev):
+    p = train.predict(model, problem.ds.x_train, rows, **ev).softmax(1).double()
+    return p.gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
+        params: dict | None = None, model_args: dict | None = None, device="cpu",
+        progress: bool | None = None, track_train: bool = True):
+    """Train ``method`` on ``problem``; returns ``(metrics, history, arrays)``."""
+    prm = method_params(method, params)
+    if recipe.label_smoothing and method not in ("ce", "oracle", "trusted_only"):
+        raise ValueError(f"method {method!r} defines its own loss: use a recipe with "
+                         f"label_smoothing=0 (it is {recipe.label_smoothing})")
+    x = problem.ds.x_train
+    y_given = problem.labels.noisy
+    rows = problem.train
+    net = None if method == "elr_plus" else build_model(model, problem, seed, model_args)
+    fit_kw = dict(recipe.fit_kwargs(), seed=seed, device=device, progress=progress,
+                  desc=f"{method} {problem.setting.name} seed={seed}")
+    ev = dict(device=device, precision=recipe.precision,
+              channels_last=x.ndim == 4 and model not in ("mlp", "mlp1", "mlp2", "mlp4",
+                                                           "perceptron", "patrini_mnist"))
+    labels = y_given[rows]
+    hook: dict = {}
+    weight_log: list = []
+    after: Callable | None = None
+    if method == "oracle":
+        rows = rows[~problem.labels.is_noisy[rows]]
+        labels = y_given[rows]
+    elif method == "trusted_only":
+        if not len(problem.trusted):
+            raise ValueError("trusted_only needs trusted rows (trusted_per_class > 0)")
+        steps = -(-len(problem.train) // recipe.batch_size)
+        rows = problem.trusted
+        labels = problem.labels.clean[rows]
+        fit_kw.update(steps_per_epoch=steps, batch_size=min(recipe.batch_size, len(rows)))
+    elif method == "elr":
+        loss = elr.ELRLoss(len(rows), problem.num_classes, lam=prm["lam"], beta=prm["beta"])
+        hook["loss_fn"] = loss
+        after = lambda m: 1 - (loss.target / loss.target.sum(1, keepdim=True).clamp_min(1e-12)) \
+            .gather(1, labels.view(-1, 1)).squeeze(1)
+    elif method == "elr_plus":
+        net = elr_plus.ELRPlus(lambda: build_model(model, problem, seed, model_args), len(rows),
+                               problem.num_classes, lam=prm["lam"], beta=prm["beta"],
+                               mixup_alpha=prm["mixup_alpha"], ema_decay=prm["ema_decay"], seed=seed)
+        hook["step_loss"] = net.step_loss
+        after = lambda m: 1 - (net.target.mean(0) / net.target.mean(0).sum(1, keepdim=True)
+                               .clamp_min(1e-12)).gather(1, labels.view(-1, 1)).squeeze(1)
+    elif method in ("forward", "backward"):
+        T = torch.as_tensor(prm["T"], dtype=torch.float64)
+        cls = correction.ForwardCorrection if method == "forward" else correction.BackwardCorrection
+        hook["loss_fn"] = cls(T)
+        after = lambda m: detection.posterior_noisy(
+            train.predict(m, x, rows, **ev).softmax(1).double(), labels, T)
+    elif method in LOSSES:
+        hook["loss_fn"] = LOSSES[method]
+    elif method == "l2rw":
+        if not len(problem.trusted):
+            raise ValueError("l2rw needs trusted rows (trusted_per_class > 0)")
+        opt = train.make_optimizer(recipe.optimizer, net.parameters(), recipe.lr, recipe.momentum,
+                                   recipe.weight_decay, recipe.nesterov)
+        trusted = problem.trusted
+        l2rw = reweight.MetaReweight(opt, x.index_select(0, trusted), problem.labels.clean[trusted],
+                                     inner=prm["inner"], trusted_batch=prm["trusted_batch"], seed=seed)
+        hook.update(optimizer=lambda p: opt, step_loss=l2rw.step_loss)
+        fit_kw["on_epoch_end"] = lambda e, m, r: weight_log.append(l2rw.pop_history())
+    elif method == "gradsim":
+        gs = gradsim.GradSimReweight(a=prm["a"], k=prm["k"], layers=prm["layers"], seed=seed)
+        hook["step_loss"] = gs
+        fit_kw["on_epoch_end"] = lambda e, m, r: weight_log.append(gs.pop_history())
+    fit_kw.update(hook)
+    val = None
+    if len(problem.val):
+        val = (x.index_select(0, problem.val), y_given[problem.val])
+    history = train.fit(net, x, labels, index=rows, test=(problem.ds.x_test, problem.ds.y_test),
+                        val=val, y_true=problem.labels.clean[rows] if track_train else None,
+                        track_train=track_train, **fit_kw)
+    # with a validation split, fit leaves the weights of the best noisy-validation epoch in
+    # the model: the scores below are those of the model the noisy-validation protocol selects
+    metrics = _protocol_metrics(history)
+    metrics["seconds"] = float(history["seconds"].sum())
+    arrays = {}
+    train_rows, train_labels = problem.train, y_given[problem.train]
+    if method in ("ce", "trusted_only") or method in LOSSES:
+        arrays["score"] = 1 - _p_given(net, problem, train_rows, train_labels, ev)
+    elif after is not None:
+        arrays["score"] = after(net)
+    elif weight_log:  # rows are positions in problem.train (the rows fit was given)
+        w = detection.mean_by_row([(r, v) for r, v, _ in weight_log if len(r)], len(train_rows))
+        arrays["weight"] = w
+        arrays["score"] = -w.nan_to_num(0.0)
+    return metrics, history, arrays
+
+
+def _protocol_metrics(h) -> dict:
+    out = {"acc_last": float(h["test_acc"].iloc[-1]),
+           "acc_besttest": float(h["test_acc"].max()),
+           "epochs_run": int(len(h))}
+    if "test_acc_tta" in h:
+        out["acc_last_tta"] = float(h["test_acc_tta"].iloc[-1])
+    if "val_acc" in h:
+        best = int(h["val_acc"].to_numpy().argmax())  # first epoch with the best noisy-val accuracy
+        out["acc_noisyval"] = float(h["test_acc"].iloc[best])
+        out["noisyval_epoch"] = int(h["epoch"].iloc[best])
+    if "memorized" in h:
+        out["memorized_final"] = float(h["memorized"].iloc[-1])
+    return out
+
+
+# ----------------------------------------------------------------- canaries
+
+def synthetic_problem(input_shape, num_classes: int = 10, n: int = 64, seed: int = 0) -> Problem:
+    """64 random images of ``input_shape`` with 40% symmetric noise, 2 trusted and 1
+    validation example per class... enough to walk every code path, nothing to learn."""
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = input_shape
+    x = torch.randn(n, c, h, w, generator=g)
+    y = torch.arange(n) % num_classes
+    ds = data.Dataset("synthetic", x, y, torch.randn(16, c, h, w, generator=g),
+                      torch.arange(16) % num_classes, [str(i) for i in range(num_classes)])
+    nl = noise.symmetric(y, 0.4, num_classes, seed=seed)
+    trusted = torch.arange(num_classes)
+    val = torch.arange(num_classes, 2 * num_classes)
+    rows = torch.arange(2 * num_classes, n)
+    return Problem(Setting("synthetic_sym40", "synthetic", "synthetic", "symmetric", 0.4), seed,
+                   ds, nl, rows, trusted, val)
+
+
+def canary(method: str, *, model: str, recipe: Recipe, input_shape=(3, 32, 32),
+           params: dict | None = None, model_args: dict | None = None, num_classes: int = 10):
+    """The numbers a two-step run of this exact code path produces on synthetic data (the
+    recipe with 2 epochs of one batch of 32 rows... the schedule and hooks included)."""
+    def compute():
+        problem = synthetic_problem(input_shape, num_classes)
+        r = recipe.replace(epochs=2, batch_size=32)
+        metrics, history, arrays = run(problem, method, model=model, recipe=r, seed=0,
+                                       params=params, model_args=model_args, progress=False)
+        cols = [c for c in history.columns if "seconds" not in c]
+        return [history[cols].to_numpy(), *[torch.as_tensor(v) for _, v in sorted(arrays.items())]]
+    return compute

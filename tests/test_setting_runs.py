@@ -1,0 +1,164 @@
+"""The setting grammar, the recipe, and run records keyed by configuration and by what the
+code computes (canary fingerprints)."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nlutils import data, models, noise, recipe, runs, setting, train
+
+
+# ------------------------------------------------------------------ settings
+
+@pytest.mark.parametrize("name,dataset,kind,rate", [
+    ("cifar10_sym40", "cifar10", "symmetric", 0.4),
+    ("cifar10_asym40", "cifar10", "patrini_cifar10", 0.4),
+    ("mnist_patrini0.6", "mnist", "patrini_mnist", 0.6),
+    ("fmnist_sym60", "fashion_mnist", "symmetric", 0.6),
+    ("mnist_fixedother0.8", "mnist", "fixed_other", 0.8),
+    ("digits_symincl40", "digits", "symmetric_incl", 0.4),
+    ("mnist_clean", "mnist", "none", 0.0),
+])
+def test_setting_grammar(name, dataset, kind, rate):
+    s = setting.parse(name)
+    assert (s.dataset, s.noise, s.rate, s.human) == (dataset, kind, rate, None)
+
+
+def test_human_settings_and_bad_names():
+    s = setting.parse("cifar10n_worse")
+    assert s.is_human and s.human == "worse" and s.dataset == "cifar10"
+    for bad, word in [("cifar10", "<data>_<noise>"), ("svhn_sym40", "svhn"), ("mnist_sym", "sym"),
+                      ("mnist_asym1.5", "rate"), ("fmnist_asym40", "class-pair"),
+                      ("cifar10n_best", "best"), ("mnist_flip40", "flip"), ("mnist_sym100", "rate")]:
+        with pytest.raises(ValueError, match=word):
+            setting.parse(bad)
+
+
+def test_build_uses_noise_corrupt_and_copies_no_image(digits):
+    s = setting.parse("digits_sym40")
+    p = s.build(seed=3, trusted_per_class=5, val_fraction=0.1, ds=digits)
+    nl = noise.corrupt(digits.y_train, "symmetric", 0.4, 10, seed=3)
+    assert torch.equal(p.labels.noisy, nl.noisy)
+    assert p.ds.x_train is digits.x_train  # rows index the shared tensor
+    rows = torch.cat([p.train, p.trusted, p.val])
+    assert len(torch.unique(rows)) == len(rows) == len(digits.y_train)
+    assert len(p.trusted) == 50 and torch.bincount(digits.y_train[p.trusted]).eq(5).all()
+    assert abs(len(p.val) - 0.1 * (len(digits.y_train) - 50)) <= 10
+    assert 35 < p.noise_rate < 45
+    q = s.build(seed=3, n_train=500, ds=digits)
+    assert len(q.train) == 500 and torch.bincount(digits.y_train[q.train]).eq(50).all()
+    assert torch.equal(q.train, s.build(seed=4, n_train=500, ds=digits).train), \
+        "the subset is fixed across seeds"
+    assert torch.equal(q.train, data.stratified_subset(digits.y_train, 500, setting.SUBSET_SEED))
+    for kw, name in [(dict(n_train=-5), "n_train"), (dict(n_train=505), "multiple"),
+                     (dict(seed="abc"), "seed"), (dict(val_fraction=1.0), "val_fraction"),
+                     (dict(trusted_per_class=-1), "trusted_per_class")]:
+        with pytest.raises(ValueError, match=name):
+            s.build(ds=digits, **kw)
+
+
+# ------------------------------------------------------------------ recipes
+
+def test_recipe_validates_and_feeds_fit(digits):
+    r = recipe.Recipe(optimizer="adam", lr=3e-3, momentum=0.0, epochs=2, schedule="step",
+                      schedule_args=dict(milestones=[0.5], gamma=0.1))
+    net = models.build("mlp", digits.input_shape, 10, seed=0)
+    h = train.fit(net, digits.x_train, digits.y_train, **r.fit_kwargs(), progress=False)
+    assert h["lr"].tolist() == pytest.approx([3e-3, 3e-4])  # the rate each epoch trained with
+    for change, word in [(dict(lr=0), "lr"), (dict(epochs=0), "epochs"), (dict(optimizer="lbfgs"), "optimizer"),
+                         (dict(precision="fp8"), "precision"), (dict(augment="rot90"), "augment"),
+                         (dict(schedule="cosine"), "schedule"), (dict(nesterov=True), "nesterov"),
+                         (dict(schedule_args=dict(milestones=[2])), "milestones"), (dict(batch="x"), "batch")]:
+        with pytest.raises(ValueError, match=word):
+            r.replace(**change)
+    assert recipe.FASTCNN.precision == "bf16" and recipe.FASTCNN.replace(epochs=3).epochs == 3
+
+
+@pytest.mark.parametrize("epochs", [5, 6, 7, 30])
+def test_one_step_schedule_formula(epochs):
+    f = train.lr_schedule("step", epochs, milestones=[0.5, 0.75], gamma=0.1)
+    assert f(0) == 1.0 and f(epochs - 1) == pytest.approx(0.01)
+    assert f(round(0.5 * epochs)) == pytest.approx(0.1) and f(round(0.5 * epochs) - 1) == 1.0
+    t = train.lr_schedule("triangle", epochs, warmup=0.2, start=0.2, end=0.07)
+    w = round(0.2 * epochs)
+    assert t(0) == pytest.approx(0.2 if w else 1.0) and t(w) == pytest.approx(1.0)
+    assert t(epochs) == pytest.approx(0.07)
+
+
+# ------------------------------------------------------------------ run records
+
+def _problem(digits):
+    return setting.parse("digits_sym40").build(seed=0, ds=digits)
+
+
+def _make(lr, digits, scale=1.0):
+    """A run: an MLP on digits for one epoch; returns (metrics, history, arrays)."""
+    def compute():
+        p = _problem(digits)
+        net = models.build("mlp", digits.input_shape, 10, seed=0)
+        h = train.fit(net, digits.x_train, p.labels.noisy[p.train], index=p.train, epochs=1, lr=lr,
+                      test=(digits.x_test, digits.y_test), progress=False)
+        score = train.predict(net, digits.x_train, p.train).softmax(1)[:, 0] * scale
+        return {"test_acc": float(h["test_acc"].iloc[-1])}, h, {"score": score}
+    return compute
+
+
+def _canary(lr, scale=1.0):
+    """The same code path on 32 synthetic examples for 2 steps."""
+    def canary():
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+        net = models.build("mlp", (1, 8, 8), 10, seed=0)
+        train.fit(net, x, y, epochs=2, batch_size=16, lr=lr, progress=False, track_train=False)
+        return [p.detach() for p in net.parameters()] + [train.predict(net, x).softmax(1)[:, 0] * scale]
+    return canary
+
+
+def test_run_store_round_trip_and_replay(digits, tmp_path):
+    cfg = {"method": "ce", "setting": "digits_sym40", "seed": 0, "lr": 1e-3}
+    store = runs.RunStore(tmp_path, train=True)
+    a = store.run(cfg, _make(1e-3, digits), canary=_canary(1e-3), canary_name="ce")
+    assert store.misses == 1 and a.arrays["score"].dtype == np.float16 and a.seconds > 0
+    files = list(tmp_path.rglob("*.npz"))
+    assert len(files) == 1 and files[0].parent.name == "ce" and files[0].stat().st_size < 20_000
+    # a new process (new store) with training off finds it, bit for bit
+    replay = runs.RunStore(tmp_path, train=False)
+    b = replay.run(cfg, lambda: pytest.fail("must not train"), canary=_canary(1e-3), canary_name="ce")
+    assert b.metrics == a.metrics and np.array_equal(b.arrays["score"], a.arrays["score"])
+    pd.testing.assert_frame_equal(a.history, b.history, check_exact=True)
+    assert replay.hits == 1 and replay.seconds == pytest.approx(a.seconds)
+    # another configuration is missing, and training is off
+    with pytest.raises(runs.MissingRun):
+        replay.run(dict(cfg, seed=1), _make(1e-3, digits), canary=_canary(1e-3), canary_name="ce")
+
+
+def test_bitwise_refactor_keeps_records_and_numeric_change_makes_them_stale(digits, tmp_path):
+    cfg = {"method": "ce", "setting": "digits_sym40", "seed": 0}
+    runs.RunStore(tmp_path).run(cfg, _make(1e-3, digits), canary=_canary(1e-3), canary_name="ce")
+
+    def refactored_canary():  # other code text, same numbers: the record stays valid
+        out = _canary(1e-3)()
+        return [t.clone() for t in out]
+    kept = runs.RunStore(tmp_path, train=False)
+    kept.run(cfg, _make(1e-3, digits), canary=refactored_canary, canary_name="ce")
+    assert kept.hits == 1
+
+    # a change of numerics (here a different scale of the score): stale, not served
+    stale = runs.RunStore(tmp_path, train=False)
+    with pytest.raises(runs.MissingRun):
+        stale.run(cfg, _make(1e-3, digits, 1.0 + 1e-7), canary=_canary(1e-3, 1.0 + 1e-7),
+                  canary_name="ce")
+    # and only the affected method: another method's records keep their fingerprint
+    other = {"method": "elr", "setting": "digits_sym40", "seed": 0}
+    store = runs.RunStore(tmp_path)
+    store.run(other, _make(1e-3, digits), canary=_canary(2e-3), canary_name="elr")
+    again = runs.RunStore(tmp_path, train=False)
+    again.run(other, _make(1e-3, digits), canary=_canary(2e-3), canary_name="elr")
+    assert again.hits == 1
+
+
+def test_configs_must_be_plain_values(tmp_path):
+    store = runs.RunStore(tmp_path)
+    with pytest.raises(TypeError, match="configuration"):
+        store.key({"fn": lambda: 0})
+    assert store.key({"a": 1, "b": [1, 2]}) == store.key({"b": [1, 2], "a": 1})
