@@ -3,6 +3,7 @@
 #   make test        unit tests + every notebook at profile=smoke + an offline book build
 #   make reproduce   re-execute every chapter at profile=book, then build
 #   make bench       the benchmarks in bench/
+#   make sync        pair notebooks/<chapter>.md (the source you edit) with its .ipynb
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.installed-stamp
 SHARED := $(abspath ../shared/data)
 export NLUTILS_DATA ?= $(if $(wildcard $(SHARED)/mnist.npz),$(SHARED),)
 
-.PHONY: setup book reproduce test bench clean
+.PHONY: setup book reproduce test bench clean sync
 
 setup: $(STAMP)
 
@@ -32,6 +33,10 @@ reproduce: setup
 
 test: setup
 	$(PY) -m pytest -q -ra
+
+# the chapter sources are notebooks/<chapter>.md (MyST); this regenerates the paired .ipynb
+sync: setup
+	$(VENV)/bin/jupytext --sync notebooks/*.md
 
 bench: setup
 	$(PY) bench/train_loop.py

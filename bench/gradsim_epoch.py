@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from nlutils import data, gradsim, models, train
+from nlutils import data, models, train
+from nlutils.methods import gradsim
 
 
 def epoch(ds, rows, hook=None, seed=0):

@@ -4,7 +4,7 @@
 * plain  — cross-entropy forward/backward + Adam step (the baseline);
 * floor  — plain + one extra forward/backward on a trusted batch of 128 (what any exact
   method must at least add);
-* fast   — nlutils.reweight.MetaReweight (closed form, Adam and SGD inner steps);
+* fast   — nlutils.methods.reweight.MetaReweight (closed form, Adam and SGD inner steps);
 * higher — the blog's second-order pass through ``higher`` + the weighted backward.
 
 Prints ms per step and the ratios to plain; writes bench/results/l2rw_step.json.
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nlutils import models, reweight
+from nlutils import models
+from nlutils.methods import reweight
 
 
 def timed(step, n):

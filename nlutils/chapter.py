@@ -98,7 +98,7 @@ class Chapter:
         chapters that run the same configuration share one record; the fingerprint is the
         method's canary on this model and recipe (:func:`registry.canary`)."""
         s = setting_lib.parse(setting) if isinstance(setting, str) else setting
-        prm = registry.method_params(method, params)
+        prm = registry.params_key(method, params)
         config = dict(method=method, setting=s.name, model=model, model_args=model_args or {},
                       recipe=recipe.key(), seed=seed, params=prm, n_train=n_train,
                       trusted_per_class=trusted_per_class, val_fraction=val_fraction,

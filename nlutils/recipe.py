@@ -113,11 +113,12 @@ class Recipe:
 #: hyperparameters for batch 256 with a mean loss (lr 11.5 / (1024 (1 + 1/(1 - 0.85))) per
 #: summed example = 0.375 per batch mean; decoupled weight decay 0.0153 per 1024 examples =
 #: 1.33e-3 in SGD's coupled form), Nesterov momentum 0.85, label smoothing 0.2, translate-by-2
-#: with reflection + flip, a one-cycle schedule (warm-up over the first 20 % of epochs from
-#: 0.2x, then linear down to 0.07x), bf16 autocast, the whitening bias frozen after 3 epochs.
+#: with reflection + flip, a one-cycle schedule evaluated before every step (warm-up over the
+#: first 20 % of training from 0.2x, then linear down to 0), bf16 autocast, the whitening
+#: bias frozen after 3 epochs.
 FASTCNN = Recipe(optimizer="sgd", lr=0.375, momentum=0.85, weight_decay=1.33e-3, nesterov=True,
                  batch_size=256, epochs=30, schedule="triangle",
-                 schedule_args=dict(warmup=0.2, start=0.2, end=0.07),
+                 schedule_args=dict(warmup=0.2, start=0.2, end=0.0), schedule_per_step=True,
                  precision="bf16", augment="translate2+flip", label_smoothing=0.2, tta=True,
                  freeze={"whiten.bias": 3})
 

@@ -8,8 +8,10 @@ This module is the experiment layer's adapter: for a method name it says
   ``step_loss``, ``weights``, or a different optimiser);
 * **its noisiness score**: one number per training row, higher = more likely wrong
   (``arrays["score"]``; absent for the oracle);
-* **its history**: the fit history plus, for reweighting methods, the per-row mean weight
-  (``arrays["weight"]``) from the hooks' ``(rows, weights)`` records.
+* **its history**: the fit history plus, for reweighting methods, per-epoch weight
+  statistics (``w_clean_share``, ``w_noisy_zero``, ``w_clean_zero``: :func:`weight_stats`)
+  and the per-row mean weight (``arrays["weight"]``), both from the hooks' one record shape
+  ``(rows, weights, step)``.
 
 :func:`run` builds the model, trains with the recipe and returns ``(metrics, history,
 arrays)`` for :class:`nlutils.runs.RunStore`. Metrics always include ``acc_last`` (test
@@ -25,7 +27,11 @@ numbers it produced: the fingerprint of a run record (see :mod:`nlutils.runs`).
 =====================  =====================================================================
 method                 trains / scores
 =====================  =====================================================================
-``ce``                 cross-entropy on the noisy rows / ``-log p_y``
+``ce``                 cross-entropy on the noisy rows (``with_trusted``: and the trusted
+                       rows with their clean labels) / ``1 - p_y``
+``finetune``           ``ce`` with the trusted rows, then ``finetune_epochs`` on the trusted
+                       rows alone (fresh optimiser, constant rate, epochs as long as ce's)
+                       / ``1 - p_y``
 ``oracle``             cross-entropy on the rows whose label is right / no score
 ``trusted_only``       cross-entropy on the trusted rows, as many steps as ``ce`` / ``1 - p_y``
 ``elr``                :class:`elr.ELRLoss` (``lam``, ``beta``) / ``1 - t_y`` (target)
@@ -47,11 +53,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import correction, data, detection, elr, elr_plus, gradsim, models, noise, reweight
-from . import robust_losses, train
+from . import data, models, noise, train
+from .methods import correction, detection, elr, elr_plus, gradsim, reweight, robust_losses
 from .recipe import Recipe
 from .setting import Problem, Setting
 
@@ -66,7 +73,9 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("ce", "cross-entropy"),
+    Method("ce", "cross-entropy", defaults=(("with_trusted", False),)),
+    Method("finetune", "cross-entropy, then fine-tuning on the trusted rows", uses_trusted=True,
+           defaults=(("with_trusted", True), ("finetune_epochs", 10))),
     Method("oracle", "cross-entropy on the correctly labelled rows", uses_mask=True),
     Method("trusted_only", "cross-entropy on the trusted rows", uses_trusted=True),
     Method("elr", "Liu et al. 2020", defaults=(("lam", 3.0), ("beta", 0.7))),
@@ -78,7 +87,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("unhinged", "van Rooyen et al. 2015"), Method("sigmoid", "Ghosh et al. 2015"),
     Method("savage", "Masnadi-Shirazi & Vasconcelos 2009"),
     Method("l2rw", "Ren et al. 2018", uses_trusted=True,
-           defaults=(("inner", "sgd"), ("trusted_batch", 128))),
+           defaults=(("inner", "sgd"), ("trusted_batch", 128), ("higher_eps", False),
+                     ("meta_method", "auto"))),
     Method("gradsim", "Wei 2020", defaults=(("a", 4.0), ("k", 4), ("layers", "last"))),
 ]}
 
@@ -102,6 +112,25 @@ def method_params(name: str, params: dict | None = None) -> dict:
     return out
 
 
+def params_key(name: str, params: dict | None) -> dict:
+    """The parameters that differ from the method's defaults: what identifies them in a run
+    record's key (a new parameter whose default keeps the old behaviour changes no key)."""
+    defaults = dict(METHODS[name].defaults)
+    return {k: v for k, v in method_params(name, params).items() if k not in defaults or defaults[k] != v}
+
+
+def weight_stats(rows, w, is_noisy) -> dict:
+    """Per-epoch statistics of a reweighting hook's weights: the share of the weight mass on
+    correctly labelled rows, and the percent of wrongly / correctly labelled rows weighted 0."""
+    if not len(rows):
+        return {}
+    noisy = is_noisy[rows]
+    total = float(w.sum())
+    return {"w_clean_share": 100 * float(w[~noisy].sum()) / total if total > 0 else float("nan"),
+            "w_noisy_zero": 100 * float((w[noisy] == 0).double().mean()) if noisy.any() else float("nan"),
+            "w_clean_zero": 100 * float((w[~noisy] == 0).double().mean()) if (~noisy).any() else float("nan")}
+
+
 def build_model(model: str, problem: Problem, seed: int, model_args: dict | None = None):
     net = models.build(model, problem.ds.input_shape, problem.num_classes, seed=seed,
                        **(model_args or {}))
@@ -121,7 +150,7 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         progress: bool | None = None, track_train: bool = True):
     """Train ``method`` on ``problem``; returns ``(metrics, history, arrays)``."""
     prm = method_params(method, params)
-    if recipe.label_smoothing and method not in ("ce", "oracle", "trusted_only"):
+    if recipe.label_smoothing and method not in ("ce", "oracle", "trusted_only", "finetune"):
         raise ValueError(f"method {method!r} defines its own loss: use a recipe with "
                          f"label_smoothing=0 (it is {recipe.label_smoothing})")
     x = problem.ds.x_train
@@ -134,6 +163,11 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
               channels_last=x.ndim == 4 and model not in ("mlp", "mlp1", "mlp2", "mlp4",
                                                            "perceptron", "patrini_mnist"))
     labels = y_given[rows]
+    if method in ("ce", "finetune") and prm["with_trusted"]:  # the trusted rows, clean labels
+        if not len(problem.trusted):
+            raise ValueError(f"{method} with_trusted needs trusted rows (trusted_per_class > 0)")
+        rows = torch.cat([problem.trusted, problem.train])
+        labels = torch.cat([problem.labels.clean[problem.trusted], y_given[problem.train]])
     hook: dict = {}
     weight_log: list = []
     after: Callable | None = None
@@ -170,17 +204,29 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
     elif method == "l2rw":
         if not len(problem.trusted):
             raise ValueError("l2rw needs trusted rows (trusted_per_class > 0)")
-        opt = train.make_optimizer(recipe.optimizer, net.parameters(), recipe.lr, recipe.momentum,
-                                   recipe.weight_decay, recipe.nesterov)
+        if prm["meta_method"] == "higher" and recipe.optimizer == "adam":
+            # higher differentiates a copy of a plain (non-fused) Adam
+            opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        else:
+            opt = train.make_optimizer(recipe.optimizer, net.parameters(), recipe.lr,
+                                       recipe.momentum, recipe.weight_decay, recipe.nesterov)
         trusted = problem.trusted
-        l2rw = reweight.MetaReweight(opt, x.index_select(0, trusted), problem.labels.clean[trusted],
-                                     inner=prm["inner"], trusted_batch=prm["trusted_batch"], seed=seed)
-        hook.update(optimizer=lambda p: opt, step_loss=l2rw.step_loss)
-        fit_kw["on_epoch_end"] = lambda e, m, r: weight_log.append(l2rw.pop_history())
+        hook_obj = reweight.MetaReweight(opt, x.index_select(0, trusted), problem.labels.clean[trusted],
+                                         inner=prm["inner"], trusted_batch=prm["trusted_batch"],
+                                         seed=seed, method=prm["meta_method"],
+                                         higher_eps=prm["higher_eps"])
+        hook.update(optimizer=lambda p: opt, step_loss=hook_obj.step_loss)
     elif method == "gradsim":
-        gs = gradsim.GradSimReweight(a=prm["a"], k=prm["k"], layers=prm["layers"], seed=seed)
-        hook["step_loss"] = gs
-        fit_kw["on_epoch_end"] = lambda e, m, r: weight_log.append(gs.pop_history())
+        hook_obj = gradsim.GradSimReweight(a=prm["a"], k=prm["k"], layers=prm["layers"], seed=seed)
+        hook["step_loss"] = hook_obj
+    if method in ("l2rw", "gradsim"):
+        is_noisy = problem.labels.is_noisy[rows]
+
+        def log_weights(epoch, m, record):  # one shape for both hooks: (rows, weights, step)
+            r, w, step = hook_obj.pop_history()
+            weight_log.append((r, w))
+            record.update(weight_stats(r, w, is_noisy))
+        fit_kw["on_epoch_end"] = log_weights
     fit_kw.update(hook)
     val = None
     if len(problem.val):
@@ -188,18 +234,28 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
     history = train.fit(net, x, labels, index=rows, test=(problem.ds.x_test, problem.ds.y_test),
                         val=val, y_true=problem.labels.clean[rows] if track_train else None,
                         track_train=track_train, **fit_kw)
+    if method == "finetune":  # then the trusted rows alone, a fresh optimiser, constant lr
+        trusted = problem.trusted
+        steps = -(-len(problem.train) // recipe.batch_size)  # an epoch: as many steps as ce's
+        tune = train.fit(net, x, problem.labels.clean[trusted], index=trusted,
+                         test=(problem.ds.x_test, problem.ds.y_test), val=val, track_train=False,
+                         **dict(fit_kw, epochs=prm["finetune_epochs"], lr_schedule=None,
+                                steps_per_epoch=steps, batch_size=min(recipe.batch_size, len(trusted)),
+                                desc=f"finetune seed={seed}"))
+        history = pd.concat([history, tune.assign(epoch=tune["epoch"] + len(history))],
+                            ignore_index=True)
     # with a validation split, fit leaves the weights of the best noisy-validation epoch in
     # the model: the scores below are those of the model the noisy-validation protocol selects
     metrics = _protocol_metrics(history)
     metrics["seconds"] = float(history["seconds"].sum())
     arrays = {}
     train_rows, train_labels = problem.train, y_given[problem.train]
-    if method in ("ce", "trusted_only") or method in LOSSES:
+    if method in ("ce", "trusted_only", "finetune") or method in LOSSES:
         arrays["score"] = 1 - _p_given(net, problem, train_rows, train_labels, ev)
     elif after is not None:
         arrays["score"] = after(net)
     elif weight_log:  # rows are positions in problem.train (the rows fit was given)
-        w = detection.mean_by_row([(r, v) for r, v, _ in weight_log if len(r)], len(train_rows))
+        w = detection.mean_by_row([(r, v) for r, v in weight_log if len(r)], len(train_rows))
         arrays["weight"] = w
         arrays["score"] = -w.nan_to_num(0.0)
     return metrics, history, arrays

@@ -44,7 +44,7 @@ def file_hash(path) -> str:
 
 # hashes of the package's files as they were when the package was imported, so that an
 # edit made while a chapter runs is not mistaken for the code that chapter ran
-_AT_IMPORT = {p.name: file_hash(p) for p in PACKAGE_DIR.glob("*.py")}
+_AT_IMPORT = {p.relative_to(PACKAGE_DIR).as_posix(): file_hash(p) for p in PACKAGE_DIR.rglob("*.py")}
 
 
 def loaded_modules() -> dict[str, str]:
@@ -55,8 +55,9 @@ def loaded_modules() -> dict[str, str]:
     out = {}
     for name, mod in list(sys.modules.items()):
         f = getattr(mod, "__file__", None)
-        if (name == "nlutils" or name.startswith("nlutils.")) and f and Path(f).parent == PACKAGE_DIR:
-            out[Path(f).name] = _AT_IMPORT.get(Path(f).name) or file_hash(f)
+        if (name == "nlutils" or name.startswith("nlutils.")) and f and PACKAGE_DIR in Path(f).parents:
+            rel = Path(f).resolve().relative_to(PACKAGE_DIR).as_posix()
+            out[rel] = _AT_IMPORT.get(rel) or file_hash(f)
     return dict(sorted(out.items()))
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nlutils import correction, noise, robust_losses
+from nlutils import noise
+from nlutils.methods import correction, robust_losses
 
 
 def _T(c=4, rate=0.3):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from nlutils import detection
+from nlutils.methods import detection
 
 
 def test_auroc_matches_sklearn_with_ties():

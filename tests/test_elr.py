@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nlutils.elr import ELRLoss
+from nlutils.methods.elr import ELRLoss
 
 
 def test_targets_are_running_averages_of_normalised_predictions():
@@ -44,7 +44,7 @@ def test_zero_lambda_is_cross_entropy_and_suspects():
 
 
 def _pair(n=40, lam=3.0, **kw):
-    from nlutils.elr_plus import ELRPlus
+    from nlutils.methods.elr_plus import ELRPlus
     make = lambda: torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     return ELRPlus(make, num_examples=n, num_classes=3, lam=lam, **kw)
 

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlutils import correction, elr, elr_plus, gradsim, models, noise, reweight, robust_losses, train
+from nlutils import models, noise, train
+from nlutils.methods import correction, elr, elr_plus, gradsim, reweight, robust_losses
 
 
 def _images(n=64, c=3, hw=32, seed=0):

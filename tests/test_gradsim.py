@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlutils import gradsim, models
+from nlutils import models
+from nlutils.methods import gradsim
 
 
 def _data(shape, m=24, seed=0):

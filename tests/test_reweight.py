@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from nlutils import reweight
+from nlutils.methods import reweight
 
 
 def _mlp():

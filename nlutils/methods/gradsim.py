@@ -121,18 +121,17 @@ def _linear_layers(model):
     return linears
 
 
-def gram_matrix(model, x, y, layers: str = "last", loss_fn=F.cross_entropy, tape=None):
+def gram_matrix(model, x, y, layers: str = "last", loss_fn=F.cross_entropy):
     """The Gram matrix of per-example gradients, over the last linear layer
     (``layers="last"``) or over all parameters (``"all"``: closed form for linear layers,
-    ``torch.func`` for the rest). Returns ``(G, per_example_loss)``, both float32. ``tape``:
-    a :class:`_Tape` of this batch already recorded (it must have traced the layers that
-    ``layers`` needs), to share one forward pass with the caller."""
+    ``torch.func`` for the rest). Returns ``(G, per_example_loss)``; under bf16 autocast
+    both are float32 (the forward pass runs at the caller's precision)."""
     if layers not in ("last", "all"):
         raise ValueError(f"layers={layers!r} must be 'last' or 'all'")
     linears = _linear_layers(model)
     # the forward pass runs at the caller's precision (bf16 under autocast); the Gram
     # matrix, a sum of many small products, is formed in float32 from its activations
-    tape = tape or _Tape(model, x, linears if layers == "all" else linears[-1:])
+    tape = _Tape(model, x, linears if layers == "all" else linears[-1:])
     logits = _upcast(tape.logits)
     per = loss_fn(logits, y, reduction="none")
     with torch.autocast(x.device.type, enabled=False):

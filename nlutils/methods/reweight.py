@@ -123,12 +123,12 @@ def _adam_terms(params, m, v, t, beta1, beta2, lr, eps, higher_eps):
     return theta_bar, d, lr * (1 - beta1) / b1
 
 
-def _trusted_gradient(model, theta, x_v, y_v, loss_fn):
+def _trusted_gradient(model, theta, x_v, y_v, loss_fn, cache=None):
     """∇ of the mean trusted loss at parameters ``theta`` (a list in ``parameters()``
     order), leaving the model's own parameters and buffers untouched. A linear-only
     ``nn.Sequential`` is walked directly; other networks go through ``functional_call``."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if isinstance(model, nn.Sequential) and _linear_only(model) is not None:
+    if isinstance(model, nn.Sequential) and _linear_only(model, cache) is not None:
         # walk the layers with the look-ahead weights in place of the linear layers' own
         theta = [t.detach().requires_grad_(True) for t in theta]
         at = {id(p): t for p, t in zip(params, theta)}
@@ -149,13 +149,16 @@ def _trusted_gradient(model, theta, x_v, y_v, loss_fn):
     return list(grads), loss.detach()
 
 
-def _linear_only(model: nn.Module) -> list[nn.Linear] | None:
-    """The model's linear layers if every trainable parameter belongs to one, else None."""
-    cached = getattr(model, "_l2rw_linear_only", None)
-    if cached is not None and cached[0] == [id(p) for p in model.parameters()]:
-        return cached[1]
+def _linear_only(model: nn.Module, cache: dict | None = None) -> list[nn.Linear] | None:
+    """The model's linear layers if every trainable parameter belongs to one, else None.
+    ``cache`` (a dict the caller owns, e.g. a :class:`MetaReweight`'s) remembers the answer
+    per set of parameters; nothing is stored on the user's model."""
+    key = tuple(id(p) for p in model.parameters())
+    if cache is not None and key in cache:
+        return cache[key]
     linears = _find_linear_only(model)
-    model._l2rw_linear_only = ([id(p) for p in model.parameters()], linears)
+    if cache is not None:
+        cache[key] = linears
     return linears
 
 
@@ -229,10 +232,10 @@ def _dots_jvp(model, x, y, u, loss_fn):
     return dots
 
 
-def _inner_products(model, x, y, u, loss_fn, method):
+def _inner_products(model, x, y, u, loss_fn, method, cache=None):
     """``(⟨u, ∇ℓ_i⟩)_i`` plus, on the closed-form path, the tape and deltas that also give
     the weighted update. ``u`` is a list in ``parameters()`` order."""
-    linears = _linear_only(model) if method in ("auto", "closed") else None
+    linears = _linear_only(model, cache) if method in ("auto", "closed") else None
     if method == "closed" and linears is None:
         raise ValueError("method='closed' needs a network whose parameters are all in nn.Linear")
     if linears is not None:
@@ -299,6 +302,7 @@ class MetaReweight:
         self._order, self._pos = torch.randperm(len(y_trusted), generator=self.gen), 0
         self._cycle = None
         self.keep_history, self.higher_eps = keep_history, higher_eps
+        self._linears: dict = {}  # parameter ids -> the model's linear layers (or None)
         self.history: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         self.steps = 0  # training steps seen
 
@@ -335,9 +339,9 @@ class MetaReweight:
         with torch.autocast(xb.device.type, enabled=False):
             theta_bar, denom, scale = lookahead(model, self.optimizer, self.inner,
                                                higher_eps=self.higher_eps)
-            g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, self.loss_fn)
+            g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, self.loss_fn, self._linears)
             u = g_v if denom is None else torch._foreach_div(g_v, denom)
-            dots, tape = _inner_products(model, xb, yb, u, self.loss_fn, self.method)
+            dots, tape = _inner_products(model, xb, yb, u, self.loss_fn, self.method, self._linears)
             w = weights_from_meta_gradient(-scale * dots.detach())
             if tape is not None:
                 # the forward and the backward to the layer outputs that gave the weights
