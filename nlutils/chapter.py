@@ -59,6 +59,23 @@ def compare(a, b, *, higher_is_better: bool = True, level: float = 0.95) -> dict
     return {"mean": mean, "low": low, "high": high, "n": int(n), "verdict": verdict}
 
 
+def against_paper(ours, paper: float, *, close: float = 1.0, near: float = 5.0,
+                  at_least: bool = False) -> str:
+    """The verdict of our per-seed values against a paper's single number: ``reproduced``
+    when the paper's number lies within two standard deviations of our mean or within
+    ``close`` points of it (a single run of the paper scatters like one of our seeds),
+    ``partly`` within ``near`` points, else ``not reproduced``. ``at_least=True`` for claims
+    of the form "reaches X": a mean above the paper's number counts as reproduced."""
+    v = np.asarray(ours, dtype=np.float64)
+    sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    gap = abs(float(v.mean()) - float(paper))
+    if at_least and float(v.mean()) >= float(paper):
+        gap = 0.0
+    if gap <= max(2 * sd, close):
+        return "reproduced"
+    return "partly" if gap <= near else "not reproduced"
+
+
 def describe(c: dict, unit: str = " points") -> str:
     """``"+1.40 (95% CI +0.52 to +2.28, 5 seeds): better"``."""
     if c["n"] < 2:
