@@ -9,7 +9,8 @@ This module is the experiment layer's adapter: for a method name it says
 * **its noisiness score**: one number per training row, higher = more likely wrong
   (``arrays["score"]``; absent for the oracle);
 * **its history**: the fit history plus, for reweighting methods, per-epoch weight
-  statistics (``w_clean_share``, ``w_noisy_zero``, ``w_clean_zero``: :func:`weight_stats`)
+  statistics (``w_clean_share``, ``w_noisy_zero``, ``w_clean_zero``, ``w_noisy_top10``,
+  ``w_noisy_bottom10``: :func:`weight_stats`)
   and the per-row mean weight (``arrays["weight"]``), both from the hooks' one record shape
   ``(rows, weights, step)``.
 
@@ -89,7 +90,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("l2rw", "Ren et al. 2018", uses_trusted=True,
            defaults=(("inner", "sgd"), ("trusted_batch", 128), ("higher_eps", False),
                      ("meta_method", "auto"))),
-    Method("gradsim", "Wei 2020", defaults=(("a", 4.0), ("k", 4), ("layers", "last"))),
+    Method("gradsim", "Wei 2020", defaults=(("a", 4.0), ("k", 4), ("layers", "last"),
+                                            ("weighting", "similarity"), ("fraction", 0.2),
+                                            ("within_class", False))),
 ]}
 
 LOSSES = {"bootstrap_soft": robust_losses.bootstrap_soft, "bootstrap_hard": robust_losses.bootstrap_hard,
@@ -119,16 +122,26 @@ def params_key(name: str, params: dict | None) -> dict:
     return {k: v for k, v in method_params(name, params).items() if k not in defaults or defaults[k] != v}
 
 
-def weight_stats(rows, w, is_noisy) -> dict:
+def weight_stats(rows, w, step, is_noisy) -> dict:
     """Per-epoch statistics of a reweighting hook's weights: the share of the weight mass on
-    correctly labelled rows, and the percent of wrongly / correctly labelled rows weighted 0."""
+    correctly labelled rows, the percent of wrongly / correctly labelled rows weighted 0,
+    and, per batch, how many wrongly labelled rows are among the 10 highest and the 10
+    lowest weights (mean over the epoch's batches; the thesis' ranking diagnostic)."""
     if not len(rows):
         return {}
     noisy = is_noisy[rows]
     total = float(w.sum())
-    return {"w_clean_share": 100 * float(w[~noisy].sum()) / total if total > 0 else float("nan"),
-            "w_noisy_zero": 100 * float((w[noisy] == 0).double().mean()) if noisy.any() else float("nan"),
-            "w_clean_zero": 100 * float((w[~noisy] == 0).double().mean()) if (~noisy).any() else float("nan")}
+    top, bottom = [], []
+    for s in torch.unique(step).tolist():
+        at = step == s
+        order = noisy[at][torch.argsort(w[at], descending=True, stable=True)]
+        top.append(float(order[:10].sum()))
+        bottom.append(float(order[-10:].sum()))
+    nan = float("nan")
+    return {"w_clean_share": 100 * float(w[~noisy].sum()) / total if total > 0 else nan,
+            "w_noisy_zero": 100 * float((w[noisy] == 0).double().mean()) if noisy.any() else nan,
+            "w_clean_zero": 100 * float((w[~noisy] == 0).double().mean()) if (~noisy).any() else nan,
+            "w_noisy_top10": sum(top) / len(top), "w_noisy_bottom10": sum(bottom) / len(bottom)}
 
 
 def build_model(model: str, problem: Problem, seed: int, model_args: dict | None = None):
@@ -159,9 +172,6 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
     net = None if method == "elr_plus" else build_model(model, problem, seed, model_args)
     fit_kw = dict(recipe.fit_kwargs(), seed=seed, device=device, progress=progress,
                   desc=f"{method} {problem.setting.name} seed={seed}")
-    ev = dict(device=device, precision=recipe.precision,
-              channels_last=x.ndim == 4 and model not in ("mlp", "mlp1", "mlp2", "mlp4",
-                                                           "perceptron", "patrini_mnist"))
     labels = y_given[rows]
     if method in ("ce", "finetune") and prm["with_trusted"]:  # the trusted rows, clean labels
         if not len(problem.trusted):
@@ -217,7 +227,9 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
                                          higher_eps=prm["higher_eps"])
         hook.update(optimizer=lambda p: opt, step_loss=hook_obj.step_loss)
     elif method == "gradsim":
-        hook_obj = gradsim.GradSimReweight(a=prm["a"], k=prm["k"], layers=prm["layers"], seed=seed)
+        hook_obj = gradsim.GradSimReweight(a=prm["a"], k=prm["k"], layers=prm["layers"], seed=seed,
+                                           weighting=prm["weighting"], fraction=prm["fraction"],
+                                           within_class=prm["within_class"])
         hook["step_loss"] = hook_obj
     if method in ("l2rw", "gradsim"):
         is_noisy = problem.labels.is_noisy[rows]
@@ -225,9 +237,12 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         def log_weights(epoch, m, record):  # one shape for both hooks: (rows, weights, step)
             r, w, step = hook_obj.pop_history()
             weight_log.append((r, w))
-            record.update(weight_stats(r, w, is_noisy))
+            record.update(weight_stats(r, w, step, is_noisy))
         fit_kw["on_epoch_end"] = log_weights
     fit_kw.update(hook)
+    # evaluation as the loop trains: same precision, same layout
+    ev = dict(device=device, precision=recipe.precision,
+              channels_last=x.ndim == 4 and train.uses_conv(net))
     val = None
     if len(problem.val):
         val = (x.index_select(0, problem.val), y_given[problem.val])
@@ -278,6 +293,10 @@ def _protocol_metrics(h) -> dict:
 
 # ----------------------------------------------------------------- canaries
 
+CANARY_COLUMNS = ("loss", "train_acc", "train_acc_true", "memorized", "test_acc", "test_acc_tta",
+                  "val_acc")
+
+
 def synthetic_problem(input_shape, num_classes: int = 10, n: int = 64, seed: int = 0) -> Problem:
     """64 random images of ``input_shape`` with 40% symmetric noise, 2 trusted and 1
     validation example per class... enough to walk every code path, nothing to learn."""
@@ -304,6 +323,8 @@ def canary(method: str, *, model: str, recipe: Recipe, input_shape=(3, 32, 32),
         r = recipe.replace(epochs=2, batch_size=32)
         metrics, history, arrays = run(problem, method, model=model, recipe=r, seed=0,
                                        params=params, model_args=model_args, progress=False)
-        cols = [c for c in history.columns if "seconds" not in c]
+        # what training computed: losses, accuracies and the per-row arrays (not timings, not
+        # the diagnostics columns, which a chapter may add to without changing any number)
+        cols = [c for c in CANARY_COLUMNS if c in history.columns]
         return [history[cols].to_numpy(), *[torch.as_tensor(v) for _, v in sorted(arrays.items())]]
     return compute

@@ -258,3 +258,33 @@ def test_the_bf16_gram_product_would_lose_precision():
         with torch.autocast("cpu", enabled=False):
             kept = (a @ a.t()).double()
     assert (low - exact).abs().max() > 100 * (kept - exact).abs().max()
+
+
+def test_freeze_stops_training_a_parameter_after_its_epochs(digits):
+    net = _tiny_cnn()
+    train.fit(net, digits.x_train, digits.y_train, epochs=1, batch_size=64, optimizer="sgd",
+              lr=0.05, momentum=0.9, seed=0, progress=False)
+    after_one = net[0].weight.detach().clone()
+    net2 = _tiny_cnn()
+    train.fit(net2, digits.x_train, digits.y_train, epochs=3, batch_size=64, optimizer="sgd",
+              lr=0.05, momentum=0.9, seed=0, progress=False, freeze={"0.weight": 1})
+    assert torch.equal(net2[0].weight.detach(), after_one) and not net2[0].weight.requires_grad
+    assert net2[0].bias.requires_grad
+    with pytest.raises(ValueError, match="freeze"):
+        _fit_cnn(digits, freeze={"nonexistent": 1})
+
+
+def test_per_step_schedule_moves_within_an_epoch(digits):
+    net = models.build("mlp", digits.input_shape, 10, seed=0)
+    seen = []
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def spy(model, xb, yb, rows):
+        seen.append(opt.param_groups[0]["lr"])
+        return F.cross_entropy(model(xb), yb)
+    h = train.fit(net, digits.x_train, digits.y_train, epochs=2, batch_size=512, optimizer=lambda p: opt,
+                  lr=0.1, step_loss=spy, schedule_per_step=True, progress=False,
+                  lr_schedule=train.lr_schedule("triangle", 2, warmup=0.0, end=0.0))
+    assert len(seen) == 6 and seen == sorted(seen, reverse=True) and len(set(seen)) == 6
+    assert seen[0] == pytest.approx(0.1) and seen[-1] == pytest.approx(0.1 * (1 - 5 / 6))
+    assert h["lr"].tolist() == pytest.approx([seen[0], seen[3]])
