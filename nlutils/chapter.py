@@ -13,7 +13,8 @@
 Example::
 
     ch = Chapter("foundations", profile, PRESETS, dict(rates=rates, seeds=seeds))
-    rec = ch.run(config, compute, canary=..., canary_name="ce")
+    rec = ch.train("mnist_sym40", "ce", model="mlp", recipe=Recipe(optimizer="adam", lr=1e-3),
+                   seed=0)                     # rec.metrics, rec.history, rec.arrays
     ch.glue("hi_final", 81.2)                  # {glue:text}`hi_final` and metrics["hi_final"]
     ch.claim("memorisation drops test accuracy", paper=None, ours="96.1 → 81.2",
              protocol="final epoch", verdict="reproduced")

@@ -34,6 +34,22 @@ def _fmt(v):
     return "–" if v is None else str(v)
 
 
+def is_stale(book: Path, chapter: str) -> bool:
+    """The executed page carries the stale banner of ``tools/build_book.py --check``."""
+    path = book / f"{chapter}.ipynb"
+    return path.exists() and any("nlbook-stale-banner" in c.get("metadata", {}).get("tags", [])
+                                 for c in json.loads(path.read_text())["cells"])
+
+
+def _no_targets(reference):
+    """Readers see the papers' numbers, not the project's internal targets: the parts of an
+    older record's reference that state a goal are left out."""
+    if not isinstance(reference, str):
+        return reference
+    kept = [p.strip() for p in reference.split(";") if "goal" not in p.lower()]
+    return "; ".join(kept) or None
+
+
 def render(results_dir: Path) -> str:
     """The claims ledger: per chapter, one row per claim of the paper or source, with the
     paper's number, ours (with the protocol that produced it) and the chapter's verdict.
@@ -50,10 +66,12 @@ def render(results_dir: Path) -> str:
             rows.append(f"| {c['claim']}{src} | {_fmt(c.get('paper'))} | {_fmt(c.get('ours'))} "
                         f"<br><small>{c.get('protocol', '')}</small> | **{c['verdict']}** |")
         for h in rec.get("headline") or []:
-            ref = _fmt(h.get("reference")) + (f" ({h['source']})" if h.get("source") else "")
+            ref = _fmt(_no_targets(h.get("reference"))) + (f" ({h['source']})" if h.get("source") else "")
             rows.append(f"| {h['what']} | {ref} | {_fmt(h.get('ours'))} | – |")
         if rows:
-            out += [f"**{{doc}}`{title_of(results_dir.parent, chapter)} <{chapter}>`**", "",
+            stale = " (page from an earlier version of the code: stale)" if is_stale(
+                results_dir.parent, chapter) else ""
+            out += [f"**{{doc}}`{title_of(results_dir.parent, chapter)} <{chapter}>`**{stale}", "",
                     "| claim | paper / source | ours | verdict |", "|---|---|---|---|", *rows, ""]
     if not out:
         out = ["No chapter has been executed yet."]
