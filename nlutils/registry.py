@@ -7,7 +7,8 @@ This module is the experiment layer's adapter: for a method name it says
 * **how it trains**: which rows and labels, and which :func:`train.fit` hook (``loss_fn``,
   ``step_loss``, ``weights``, or a different optimiser);
 * **its noisiness score**: one number per training row, higher = more likely wrong
-  (``arrays["score"]``; absent for the oracle);
+  (``arrays["score"]``; absent for the oracle), and the final predictions on the training
+  rows (``arrays["pred"]``; for ELR and ELR+ also ``arrays["target_argmax"]``);
 * **its history**: the fit history plus, for reweighting methods, per-epoch weight
   statistics (``w_clean_share``, ``w_noisy_zero``, ``w_clean_zero``, ``w_noisy_top10``,
   ``w_noisy_bottom10``: :func:`weight_stats`)
@@ -265,6 +266,11 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
     metrics["seconds"] = float(history["seconds"].sum())
     arrays = {}
     train_rows, train_labels = problem.train, y_given[problem.train]
+    # the final predictions on the training rows (the "prediction ≠ label" detector)
+    arrays["pred"] = train.predict(net, x, train_rows, **ev).argmax(1).to(torch.int16)
+    if method in ("elr", "elr_plus"):  # the README's detector: the target's argmax ≠ label
+        target = loss.target if method == "elr" else net.target.mean(0)
+        arrays["target_argmax"] = target.argmax(1).to(torch.int16)
     if method in ("ce", "trusted_only", "finetune") or method in LOSSES:
         arrays["score"] = 1 - _p_given(net, problem, train_rows, train_labels, ev)
     elif after is not None:
@@ -295,6 +301,7 @@ def _protocol_metrics(h) -> dict:
 
 CANARY_COLUMNS = ("loss", "train_acc", "train_acc_true", "memorized", "test_acc", "test_acc_tta",
                   "val_acc")
+CANARY_ARRAYS = ("score", "weight")
 
 
 def synthetic_problem(input_shape, num_classes: int = 10, n: int = 64, seed: int = 0) -> Problem:
@@ -326,5 +333,6 @@ def canary(method: str, *, model: str, recipe: Recipe, input_shape=(3, 32, 32),
         # what training computed: losses, accuracies and the per-row arrays (not timings, not
         # the diagnostics columns, which a chapter may add to without changing any number)
         cols = [c for c in CANARY_COLUMNS if c in history.columns]
-        return [history[cols].to_numpy(), *[torch.as_tensor(v) for _, v in sorted(arrays.items())]]
+        return [history[cols].to_numpy(), *[torch.as_tensor(arrays[k]) for k in CANARY_ARRAYS
+                                            if k in arrays]]
     return compute

@@ -18,7 +18,9 @@ A method changes what the loss sees through exactly one hook:
 
 Per epoch the loop records, in a pandas DataFrame: mean training loss, accuracy against the
 given labels (``train_acc``) and against the true ones (``train_acc_true``), the fraction
-of noisy rows predicted as their *noisy* label (``memorized``), test and validation
+of noisy rows predicted as their *noisy* label (``memorized``) and as their true class
+(``noisy_true``), the fraction of correctly labelled rows predicted correctly
+(``clean_correct``), test and validation
 accuracy, and the seconds spent training (``seconds``) and evaluating (``eval_seconds``).
 With a validation split and ``patience``, training stops early and the weights of the best
 validation epoch are restored (a real copy of them, not a live ``state_dict``).
@@ -404,6 +406,13 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 k = int(noisy_rows.sum())
                 rec["memorized"] = (100.0 * float((pred[noisy_rows] == y[noisy_rows]).double().sum()) / k
                                     if k else float("nan"))
+                # the memorisation picture: wrong-label rows predicted as their true class
+                # (early learning) and clean rows predicted correctly
+                rec["noisy_true"] = (100.0 * float((pred[noisy_rows] == y_true[noisy_rows]).double().sum()) / k
+                                     if k else float("nan"))
+                c = len(y) - k
+                rec["clean_correct"] = (100.0 * float((pred[~noisy_rows] == y[~noisy_rows]).double().sum()) / c
+                                        if c else float("nan"))
         if test is not None:
             logits = predict(model, test[0], None, eval_batch_size, device, **ev, tta=False)
             rec["test_acc"] = 100.0 * float((logits.argmax(1) == test[1]).double().mean())

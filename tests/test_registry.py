@@ -32,6 +32,9 @@ def test_every_method_runs_and_scores_every_training_row(digits, method):
     else:
         assert arrays["score"].shape == (len(p.train),) and torch.isfinite(
             torch.as_tensor(arrays["score"])).all()
+    assert arrays["pred"].shape == (len(p.train),) and arrays["pred"].dtype == torch.int16
+    if method in ("elr", "elr_plus"):
+        assert arrays["target_argmax"].shape == (len(p.train),)
     if method in ("l2rw", "gradsim"):
         w = torch.as_tensor(arrays["weight"])
         assert w.shape == (len(p.train),) and (w.nan_to_num(0) >= 0).all()

@@ -33,6 +33,8 @@ def test_history_columns_and_memorisation_metric(digits):
     expected = 100 * float((pred[noisy] == nl.noisy[noisy]).double().mean())
     assert hist["memorized"].iloc[-1] == pytest.approx(expected)
     assert hist["train_acc_true"].iloc[-1] == pytest.approx(100 * float((pred == nl.clean).double().mean()))
+    assert hist["noisy_true"].iloc[-1] == pytest.approx(100 * float((pred[noisy] == nl.clean[noisy]).double().mean()))
+    assert hist["clean_correct"].iloc[-1] == pytest.approx(100 * float((pred[~noisy] == nl.clean[~noisy]).double().mean()))
 
 
 def test_training_is_deterministic(digits):
