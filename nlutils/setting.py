@@ -10,8 +10,8 @@ Grammar: ``<data>_<noise>``.
   ===============  ==================================================================
   ``sym``          flip to one of the other K-1 classes (:func:`noise.symmetric`)
   ``symincl``      uniform over all K classes, the true one included (ELR's code)
-  ``asym``         the data set's class-pair map of Patrini et al. (``patrini_mnist``,
-                   ``patrini_cifar10``); ``patrini`` is a synonym
+  ``asym``         the data set's class-pair map of Patrini et al. (``patrini_mnist``
+                   for MNIST and digits, ``patrini_cifar10``); ``patrini`` is a synonym
   ``fixedother``   the L2RW blog's generator (:func:`noise.fixed_other_T`)
   ===============  ==================================================================
 
@@ -37,7 +37,7 @@ from . import data, noise
 DATA = {"mnist": "mnist", "fmnist": "fashion_mnist", "cifar10": "cifar10", "digits": "digits",
         "cifar10n": "cifar10"}
 KINDS = {"sym": "symmetric", "symincl": "symmetric_incl", "fixedother": "fixed_other"}
-ASYM = {"mnist": "patrini_mnist", "cifar10": "patrini_cifar10"}
+ASYM = {"mnist": "patrini_mnist", "cifar10": "patrini_cifar10", "digits": "patrini_mnist"}
 HUMAN = ("aggre", "random1", "random2", "random3", "worse")
 #: the seed of the fixed stratified training subset (``n_train``): the same images for every
 #: seed and method, so that seeds vary the noise, the splits and the network only
