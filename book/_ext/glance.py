@@ -34,6 +34,18 @@ def _fmt(v):
     return "–" if v is None else str(v)
 
 
+def toc_order(toc: Path) -> dict:
+    """``{chapter: position}`` in the book's table of contents (empty if it cannot be read)."""
+    try:
+        import yaml
+
+        parts = yaml.safe_load(toc.read_text()).get("parts", [])
+        files = [c["file"] for part in parts for c in part.get("chapters", [])]
+        return {Path(f).name: i for i, f in enumerate(files)}
+    except Exception:
+        return {}
+
+
 def is_stale(book: Path, chapter: str) -> bool:
     """The executed page carries the stale banner of ``tools/build_book.py --check``."""
     path = book / f"{chapter}.ipynb"
@@ -55,7 +67,9 @@ def render(results_dir: Path) -> str:
     paper's number, ours (with the protocol that produced it) and the chapter's verdict.
     Chapters that record only ``headline`` rows show them with no verdict."""
     out = []
-    for path in sorted(results_dir.glob("*.json")):
+    order = toc_order(results_dir.parent.parent / "_toc.yml")
+    paths = sorted(results_dir.glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
+    for path in paths:
         if path.name.count(".") > 1:  # smoke / paper records are not what the book shows
             continue
         rec = json.loads(path.read_text())
