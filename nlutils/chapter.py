@@ -102,10 +102,6 @@ class Chapter:
         self.store = runs.RunStore(directory)
 
     # ------------------------------------------------------------ runs
-    def run(self, config: dict, compute, **kw) -> runs.Record:
-        """A run record from the store, computed when missing (see :class:`runs.RunStore`)."""
-        return self.store.run(config, compute, **kw)
-
     def train(self, setting, method: str, *, model: str, recipe: Recipe, seed: int,
               params: dict | None = None, model_args: dict | None = None, n_train: int = 0,
               trusted_per_class: int = 0, val_fraction: float = 0.0, track_train: bool = True,

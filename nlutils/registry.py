@@ -154,11 +154,6 @@ def build_model(model: str, problem: Problem, seed: int, model_args: dict | None
     return net
 
 
-def _p_given(model, problem, rows, labels, ev):
-    p = train.predict(model, problem.ds.x_train, rows, **ev).softmax(1).double()
-    return p.gather(1, labels.view(-1, 1)).squeeze(1)
-
-
 def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         params: dict | None = None, model_args: dict | None = None, device="cpu",
         progress: bool | None = None, track_train: bool = True):
@@ -195,21 +190,20 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
     elif method == "elr":
         loss = elr.ELRLoss(len(rows), problem.num_classes, lam=prm["lam"], beta=prm["beta"])
         hook["loss_fn"] = loss
-        after = lambda m: 1 - (loss.target / loss.target.sum(1, keepdim=True).clamp_min(1e-12)) \
+        after = lambda probs: 1 - (loss.target / loss.target.sum(1, keepdim=True).clamp_min(1e-12)) \
             .gather(1, labels.view(-1, 1)).squeeze(1)
     elif method == "elr_plus":
         net = elr_plus.ELRPlus(lambda: build_model(model, problem, seed, model_args), len(rows),
                                problem.num_classes, lam=prm["lam"], beta=prm["beta"],
                                mixup_alpha=prm["mixup_alpha"], ema_decay=prm["ema_decay"], seed=seed)
         hook["step_loss"] = net.step_loss
-        after = lambda m: 1 - (net.target.mean(0) / net.target.mean(0).sum(1, keepdim=True)
+        after = lambda probs: 1 - (net.target.mean(0) / net.target.mean(0).sum(1, keepdim=True)
                                .clamp_min(1e-12)).gather(1, labels.view(-1, 1)).squeeze(1)
     elif method in ("forward", "backward"):
         T = torch.as_tensor(prm["T"], dtype=torch.float64)
         cls = correction.ForwardCorrection if method == "forward" else correction.BackwardCorrection
         hook["loss_fn"] = cls(T)
-        after = lambda m: detection.posterior_noisy(
-            train.predict(m, x, rows, **ev).softmax(1).double(), labels, T)
+        after = lambda probs: detection.posterior_noisy(probs, labels, T)
     elif method in LOSSES:
         hook["loss_fn"] = LOSSES[method]
     elif method == "l2rw":
@@ -266,15 +260,18 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
     metrics["seconds"] = float(history["seconds"].sum())
     arrays = {}
     train_rows, train_labels = problem.train, y_given[problem.train]
-    # the final predictions on the training rows (the "prediction ≠ label" detector)
-    arrays["pred"] = train.predict(net, x, train_rows, **ev).argmax(1).to(torch.int16)
+    # one pass over the training rows: the final predictions (the "prediction ≠ label"
+    # detector) and the probabilities the scores are made of
+    logits = train.predict(net, x, train_rows, **ev)
+    arrays["pred"] = logits.argmax(1).to(torch.int16)
+    probs = logits.softmax(1).double()
     if method in ("elr", "elr_plus"):  # the README's detector: the target's argmax ≠ label
         target = loss.target if method == "elr" else net.target.mean(0)
         arrays["target_argmax"] = target.argmax(1).to(torch.int16)
     if method in ("ce", "trusted_only", "finetune") or method in LOSSES:
-        arrays["score"] = 1 - _p_given(net, problem, train_rows, train_labels, ev)
+        arrays["score"] = 1 - probs.gather(1, train_labels.view(-1, 1)).squeeze(1)
     elif after is not None:
-        arrays["score"] = after(net)
+        arrays["score"] = after(probs)
     elif weight_log:  # rows are positions in problem.train (the rows fit was given)
         w = detection.mean_by_row([(r, v) for r, v in weight_log if len(r)], len(train_rows))
         arrays["weight"] = w

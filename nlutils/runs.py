@@ -17,9 +17,9 @@ augmentation) on a few synthetic images. So
 * a change of numerics changes the canary of every run that goes through the changed code,
   and exactly those records become stale (they are no longer found).
 
-The canary is supplied by the caller (``fingerprint=`` a callable returning tensors or
-numbers); :mod:`nlutils.registry` defines one per method. Fingerprints are computed once per
-process and configuration.
+The canary is supplied by the caller (``canary=``, a callable returning tensors or numbers,
+and ``canary_name=``, which code path it stands for); :func:`nlutils.registry.canary` makes
+one per method, model and recipe. A fingerprint is computed once per process and name.
 
 Files: ``<directory>/<config["method"] or "run">/<key>.npz`` (``np.savez_compressed``;
 ``config`` and ``metrics`` as JSON strings, history columns and arrays as they are; a new

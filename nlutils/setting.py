@@ -162,11 +162,20 @@ _KIND_OF = {"symmetric": "sym", "symmetric_incl": "symincl", "fixed_other": "fix
             "patrini_mnist": "asym", "patrini_cifar10": "asym"}
 
 
+def data_key(dataset: str) -> str:
+    """The grammar's name of an ``nlutils.data`` data set (``fashion_mnist`` -> ``fmnist``)."""
+    for key, name in DATA.items():
+        if name == dataset and key != "cifar10n":
+            return key
+    raise ValueError(f"dataset={dataset!r} has no setting name; choose one of "
+                     f"{', '.join(sorted(set(DATA.values())))}")
+
+
 def make(data_name: str, noise_name: str, rate: float) -> Setting:
     """The setting of a data set, a :func:`noise.corrupt` name and a rate, e.g.
     ``make("mnist", "symmetric", 0.4)`` is ``mnist_sym40``; ``"none"`` (or rate 0 with
     symmetric noise) gives ``<data>_clean``."""
-    head = {v: k for k, v in DATA.items() if k != "cifar10n"}.get(data_name, data_name)
+    head = data_key(data_name) if data_name in DATA.values() else data_name
     if noise_name == "none" or (noise_name == "symmetric" and rate == 0):
         return parse(f"{head}_clean")
     if noise_name not in _KIND_OF:

@@ -154,17 +154,18 @@ def _layout(xb: torch.Tensor, channels_last: bool) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = None,
             batch_size: int = 4096, device="cpu", precision: str = "fp32",
-            channels_last: bool = False, tta: bool = False) -> torch.Tensor:
+            channels_last: bool = False, tta: bool = False, mirror: bool = False) -> torch.Tensor:
     """Logits (float32) of ``model`` on ``x[rows]`` (all of ``x`` by default), in eval mode
-    and large batches; returned on the CPU. ``tta=True``: the mean of the logits of each
-    image and its horizontal mirror image (flip test-time augmentation)."""
+    and large batches; returned on the CPU. ``mirror=True``: the logits of the horizontal
+    mirror images (flipped batch by batch, ``x`` is not copied); ``tta=True``: the mean of
+    the logits of each image and its mirror image (flip test-time augmentation)."""
     was_training = model.training
     model.eval()
     n = len(x) if rows is None else len(rows)
     out = []
     for s in range(0, n, batch_size):
         xb = x[s:s + batch_size] if rows is None else x.index_select(0, rows[s:s + batch_size])
-        xb = _layout(xb.to(device), channels_last)
+        xb = _layout((xb.flip(3) if mirror else xb).to(device), channels_last)
         with autocast(precision, device):
             z = model(xb).float()
             if tta:
@@ -417,8 +418,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             logits = predict(model, test[0], None, eval_batch_size, device, **ev, tta=False)
             rec["test_acc"] = 100.0 * float((logits.argmax(1) == test[1]).double().mean())
             if tta:
-                logits = (logits + predict(model, test[0].flip(3), None, eval_batch_size,
-                                           device, **ev)) / 2
+                logits = (logits + predict(model, test[0], None, eval_batch_size, device, **ev,
+                                           mirror=True)) / 2
                 rec["test_acc_tta"] = 100.0 * float((logits.argmax(1) == test[1]).double().mean())
         if val is not None:
             rec["val_acc"] = accuracy(model, val[0], val[1], None, eval_batch_size, device, **ev)
