@@ -85,6 +85,25 @@ def describe(c: dict, unit: str = " points") -> str:
             f"{c['n']} seeds): {c['verdict']}")
 
 
+def identify(s: setting_lib.Setting, method: str, *, model: str, recipe: Recipe, seed: int,
+             params: dict | None = None, model_args: dict | None = None, n_train: int = 0,
+             trusted_per_class: int = 0, val_fraction: float = 0.0, track_train: bool = True):
+    """What names a run: ``(config, canary, canary_name)`` for :meth:`runs.RunStore.run`."""
+    prm = registry.params_key(method, params)
+    config = dict(method=method, setting=s.name, model=model, model_args=model_args or {},
+                  recipe=recipe.key(), seed=seed, params=prm, n_train=n_train,
+                  trusted_per_class=trusted_per_class, val_fraction=val_fraction,
+                  track_train=track_train)
+    spec = data.SPECS[s.dataset]["train"]
+    shape = (1, *spec[1:]) if len(spec) == 3 else (spec[3], spec[1], spec[2])
+    K = len(data.SPECS[s.dataset]["classes"])
+    canary = registry.canary(method, model=model, recipe=recipe, input_shape=shape,
+                             params=params, model_args=model_args, num_classes=K)
+    name = runs.canonical(dict(method=method, model=model, model_args=model_args or {},
+                               recipe=recipe.key(), params=prm, shape=shape, K=K))
+    return config, canary, name
+
+
 class Chapter:
     """Parameters, run records, glued metrics, claims and the record of one chapter."""
 
@@ -112,14 +131,10 @@ class Chapter:
         chapters that run the same configuration share one record; the fingerprint is the
         method's canary on this model and recipe (:func:`registry.canary`)."""
         s = setting_lib.parse(setting) if isinstance(setting, str) else setting
-        prm = registry.params_key(method, params)
-        config = dict(method=method, setting=s.name, model=model, model_args=model_args or {},
-                      recipe=recipe.key(), seed=seed, params=prm, n_train=n_train,
-                      trusted_per_class=trusted_per_class, val_fraction=val_fraction,
-                      track_train=track_train)
-        spec = data.SPECS[s.dataset]["train"]
-        shape = (1, *spec[1:]) if len(spec) == 3 else (spec[3], spec[1], spec[2])
-        K = len(data.SPECS[s.dataset]["classes"])
+        config, canary, name = identify(s, method, model=model, recipe=recipe, seed=seed,
+                                        params=params, model_args=model_args, n_train=n_train,
+                                        trusted_per_class=trusted_per_class,
+                                        val_fraction=val_fraction, track_train=track_train)
 
         def compute():
             problem = s.build(seed, n_train=n_train, trusted_per_class=trusted_per_class,
@@ -128,10 +143,6 @@ class Chapter:
                                 params=params, model_args=model_args, device=device,
                                 track_train=track_train)
 
-        canary = registry.canary(method, model=model, recipe=recipe, input_shape=shape,
-                                 params=params, model_args=model_args, num_classes=K)
-        name = runs.canonical(dict(method=method, model=model, model_args=model_args or {},
-                                   recipe=recipe.key(), params=prm, shape=shape, K=K))
         return self.store.run(config, compute, canary=canary, canary_name=name)
 
     # ------------------------------------------------------------ numbers

@@ -17,6 +17,9 @@ augmentation) on a few synthetic images. So
 * a change of numerics changes the canary of every run that goes through the changed code,
   and exactly those records become stale (they are no longer found).
 
+The canary runs on one CPU thread (:func:`run_canary`), so the fingerprint does not depend
+on how many threads the run itself used.
+
 The canary is supplied by the caller (``canary=``, a callable returning tensors or numbers,
 and ``canary_name=``, which code path it stands for); :func:`nlutils.registry.canary` makes
 one per method, model and recipe. A fingerprint is computed once per process and name.
@@ -111,6 +114,21 @@ def digest(*values) -> str:
     return h.hexdigest()[:16]
 
 
+def run_canary(canary: Callable[[], Any]):
+    """``canary()`` on one CPU thread, the global RNG state forked. Kernels split their sums
+    by thread count (a two-step canary on two threads differs in its last bits from the same
+    canary on one), so the fingerprint is computed on one thread: it then names the code
+    path whatever the thread count of the run, and a record made by a one-thread worker
+    serves a two-thread process (and CI) alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return canary()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def runs_dir() -> Path | None:
     d = os.environ.get("NLUTILS_RUNS")
     return Path(d) if d else None
@@ -149,8 +167,7 @@ class RunStore:
         if canary is None:
             return ""
         if name not in self._fp:
-            with torch.random.fork_rng(devices=[]):
-                self._fp[name] = digest(canary())
+            self._fp[name] = digest(run_canary(canary))
         return self._fp[name]
 
     def key(self, config: dict, fingerprint: str = "") -> str:
