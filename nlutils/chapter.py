@@ -87,7 +87,7 @@ def describe(c: dict, unit: str = " points") -> str:
 
 def identify(s: setting_lib.Setting, method: str, *, model: str, recipe: Recipe, seed: int,
              params: dict | None = None, model_args: dict | None = None, n_train: int = 0,
-             trusted_per_class: int = 0, val_fraction: float = 0.0, track_train: bool = True):
+             trusted_per_class: int = 0, val_fraction: float = 0.0, track_train: bool | int = True):
     """What names a run: ``(config, canary, canary_name)`` for :meth:`runs.RunStore.run`."""
     prm = registry.params_key(method, params)
     config = dict(method=method, setting=s.name, model=model, model_args=model_args or {},
@@ -123,7 +123,7 @@ class Chapter:
     # ------------------------------------------------------------ runs
     def train(self, setting, method: str, *, model: str, recipe: Recipe, seed: int,
               params: dict | None = None, model_args: dict | None = None, n_train: int = 0,
-              trusted_per_class: int = 0, val_fraction: float = 0.0, track_train: bool = True,
+              trusted_per_class: int = 0, val_fraction: float = 0.0, track_train: bool | int = True,
               device="cpu") -> runs.Record:
         """One method on one seed of one setting: the record from ``book/runs`` or a new
         run (:func:`registry.run`). The key is what the run is — setting, method and its

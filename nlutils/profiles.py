@@ -114,7 +114,7 @@ CHECKS = {
     "optimizer": _choice(train.OPTIMIZERS),
     "device": _device,
     "T": _transition,
-    "per_class": _nonneg_int,
+    "per_class": _nonneg_int, "trusted_per_class": _nonneg_int, "track_rows": _nonneg_int,
     "n_train": _nonneg_int, "n_val": _positive_int,
     "patience": _positive_int, "eval_every": _positive_int, "cleanlab_folds": _positive_int,
     "a": _nonneg, "k": _positive_int,

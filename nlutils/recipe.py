@@ -122,4 +122,24 @@ FASTCNN = Recipe(optimizer="sgd", lr=0.375, momentum=0.85, weight_decay=1.33e-3,
                  precision="bf16", augment="translate2+flip", label_smoothing=0.2, tta=True,
                  freeze={"whiten.bias": 3})
 
-RECIPES = {"fastcnn": FASTCNN}
+#: The fast CNN for noisy labels: :data:`FASTCNN` without label smoothing (itself a
+#: noise-robust loss, and one a method's own loss would replace) and without flip TTA, 15
+#: epochs, with the ELR paper's augmentation (random 4-pixel crops and flips): the regime of
+#: the papers' tables, where a small network trained briefly hardly memorises wrong labels.
+FASTCNN_NOISY = FASTCNN.replace(label_smoothing=0.0, tta=False, augment="crop4+flip", epochs=15)
+#: ... and without augmentation: the regime of ELR's Figure 1 (its repository's issue #23),
+#: where cross-entropy memorises the wrong labels as the learning rate decays.
+FASTCNN_MEMO = FASTCNN_NOISY.replace(augment="none")
+
+#: The ELR paper's CIFAR-10 recipe (ResNet-34): SGD lr 0.02, momentum 0.9, weight decay
+#: 1e-3, batch 128, 120 epochs, x0.01 at epochs 40 and 80, random crops and flips.
+ELR_PAPER = Recipe(optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=1e-3, batch_size=128,
+                   epochs=120, schedule="step", schedule_args=dict(milestones=[1 / 3, 2 / 3], gamma=0.01),
+                   augment="crop4+flip")
+#: A small recipe for the unit-test data (digits, an MLP): what ``profile=smoke`` runs.
+SMOKE = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-3, batch_size=64, epochs=3,
+               schedule="triangle", schedule_args=dict(warmup=0.2, start=0.2, end=0.0),
+               schedule_per_step=True, augment="none")
+
+RECIPES = {"fastcnn": FASTCNN, "fastcnn_noisy": FASTCNN_NOISY, "fastcnn_memo": FASTCNN_MEMO,
+           "elr_paper": ELR_PAPER, "smoke": SMOKE}

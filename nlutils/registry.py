@@ -156,7 +156,7 @@ def build_model(model: str, problem: Problem, seed: int, model_args: dict | None
 
 def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         params: dict | None = None, model_args: dict | None = None, device="cpu",
-        progress: bool | None = None, track_train: bool = True):
+        progress: bool | None = None, track_train: bool | int = True):
     """Train ``method`` on ``problem``; returns ``(metrics, history, arrays)``."""
     prm = method_params(method, params)
     if recipe.label_smoothing and method not in ("ce", "oracle", "trusted_only", "finetune"):

@@ -194,27 +194,77 @@ class RunStore:
         fp = self.fingerprint(canary_name or canonical(config), canary)
         rec = self.get(config, fp)
         p = self.path(config, fp)
+        if rec is None and not self.train:
+            raise MissingRun(f"no record for {canonical(config)} (fingerprint {fp!r}) in "
+                             f"{self.directory}, and training is switched off")
+        if rec is None:  # another worker may be computing it right now
+            rec = self._wait_for_other(config, fp)
         if rec is not None:
             self.hits += 1
         else:
-            if not self.train:
-                raise MissingRun(f"no record for {canonical(config)} (fingerprint {fp!r}) in "
-                                 f"{self.directory}, and training is switched off")
             self.misses += 1
-            t0 = time.perf_counter()
-            metrics, history, arrays = compute()
-            seconds = time.perf_counter() - t0
-            rec = Record(jsonable(config), jsonable(metrics),
-                         history if history is not None else pd.DataFrame(),
-                         {k: _compact(k, v, float16) for k, v in (arrays or {}).items()},
-                         seconds, fp)
-            save(rec, p)
+            with _Lock(p.with_suffix(".lock")):
+                t0 = time.perf_counter()
+                metrics, history, arrays = compute()
+                seconds = time.perf_counter() - t0
+                rec = Record(jsonable(config), jsonable(metrics),
+                             history if history is not None else pd.DataFrame(),
+                             {k: _compact(k, v, float16) for k, v in (arrays or {}).items()},
+                             seconds, fp)
+                save(rec, p)
             rec = load(p)  # the chapter always works from the record as stored
         key = self.key(config, fp)
         if key not in self.used:
             self.seconds += rec.seconds
             self.used[key] = p
         return rec
+
+
+    def _wait_for_other(self, config: dict, fp: str, poll: float = 5.0) -> Record | None:
+        """While another live process computes this run (its ``.lock`` file), wait for its
+        record instead of computing it twice; ``None`` when nobody is computing it."""
+        lock = self.path(config, fp).with_suffix(".lock")
+        while _Lock.held(lock):
+            time.sleep(poll)
+        return self.get(config, fp)
+
+
+class _Lock:
+    """``<key>.lock`` holding the pid of the process computing a record, so that two
+    workers filling one folder (``papermill ... -p seeds "[0]"`` beside ``-p seeds "[1]"``)
+    never compute the same run twice; a lock whose process is gone is taken over."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @staticmethod
+    def held(path: Path) -> bool:
+        try:
+            pid = int(path.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return False
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.path.read_text() == str(os.getpid()):
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        return False
 
 
 def _compact(name, v, float16):

@@ -273,7 +273,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         val: tuple[torch.Tensor, torch.Tensor] | None = None,
         patience: int | None = None,
         on_epoch_end: Callable | None = None,
-        track_train: bool = True,
+        track_train: bool | int = True,
         seed: int = 0, device="cpu", progress: bool | None = None,
         eval_batch_size: int = 4096, desc: str = "train") -> pd.DataFrame:
     """Train ``model`` in place on rows ``(index[r], y[r])`` of image tensor ``x``.
@@ -287,7 +287,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     ``precision`` (``fp32`` | ``bf16``), ``channels_last`` (``None``: on for networks with
     convolutions), ``augment`` (a name for :func:`augmentation` or a callable),
     ``label_smoothing`` (plain cross-entropy only) and ``tta`` are described in the module
-    docstring. ``freeze={"whiten.bias": 3}`` stops training the parameters whose name starts
+    docstring. ``track_train``: the per-epoch training-set columns (``train_acc``,
+    ``memorized``, ...) over every row (``True``), none (``False``), or a fixed random sample
+    of that many rows (an estimate: 10,000 rows put the standard error of a percentage
+    under 0.5 points, at a fifth of the cost of 50,000; the sample does not depend on the
+    seed and does not touch the training stream). ``freeze={"whiten.bias": 3}`` stops training the parameters whose name starts
     with a key after that many epochs (progressive freezing: airbench trains its whitening
     bias for 3 epochs; frozen early layers also skip their share of the backward pass).
     """
@@ -338,10 +342,20 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s / m))
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule)
-    noisy_rows = None if y_true is None else (y != y_true)
+    if isinstance(track_train, bool) or track_train is None:
+        track = None  # every row (True) or none (False)
+    elif isinstance(track_train, int) and track_train > 0:
+        # a fixed sample of rows, from its own generator: the training stream is unchanged
+        track = None if track_train >= n else torch.randperm(
+            n, generator=torch.Generator().manual_seed(0))[:track_train].sort().values
+    else:
+        raise ValueError(f"track_train={track_train!r} must be True, False or a number of rows > 0")
+    ty = y if track is None else y[track]
+    ty_true = None if y_true is None else (y_true if track is None else y_true[track])
+    noisy_rows = None if ty_true is None else (ty != ty_true)
     # images needed for the training-set evaluation (unique ones when rows repeat images)
     if track_train:
-        uimg, inv = torch.unique(index, return_inverse=True)
+        uimg, inv = torch.unique(index if track is None else index[track], return_inverse=True)
     history, best, best_state = [], -1.0, None
     since_best = 0
     bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress_enabled(progress),
@@ -401,18 +415,18 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         t1 = time.perf_counter()
         if track_train:
             pred = predict(model, x, uimg, eval_batch_size, device, **ev).argmax(1)[inv]
-            rec["train_acc"] = 100.0 * float((pred == y).double().mean())
-            if y_true is not None:
-                rec["train_acc_true"] = 100.0 * float((pred == y_true).double().mean())
+            rec["train_acc"] = 100.0 * float((pred == ty).double().mean())
+            if ty_true is not None:
+                rec["train_acc_true"] = 100.0 * float((pred == ty_true).double().mean())
                 k = int(noisy_rows.sum())
-                rec["memorized"] = (100.0 * float((pred[noisy_rows] == y[noisy_rows]).double().sum()) / k
+                rec["memorized"] = (100.0 * float((pred[noisy_rows] == ty[noisy_rows]).double().sum()) / k
                                     if k else float("nan"))
                 # the memorisation picture: wrong-label rows predicted as their true class
                 # (early learning) and clean rows predicted correctly
-                rec["noisy_true"] = (100.0 * float((pred[noisy_rows] == y_true[noisy_rows]).double().sum()) / k
+                rec["noisy_true"] = (100.0 * float((pred[noisy_rows] == ty_true[noisy_rows]).double().sum()) / k
                                      if k else float("nan"))
-                c = len(y) - k
-                rec["clean_correct"] = (100.0 * float((pred[~noisy_rows] == y[~noisy_rows]).double().sum()) / c
+                c = len(ty) - k
+                rec["clean_correct"] = (100.0 * float((pred[~noisy_rows] == ty[~noisy_rows]).double().sum()) / c
                                         if c else float("nan"))
         if test is not None:
             logits = predict(model, test[0], None, eval_batch_size, device, **ev, tta=False)
