@@ -162,3 +162,79 @@ def test_configs_must_be_plain_values(tmp_path):
     with pytest.raises(TypeError, match="configuration"):
         store.key({"fn": lambda: 0})
     assert store.key({"a": 1, "b": [1, 2]}) == store.key({"b": [1, 2], "a": 1})
+
+
+# ------------------------------------------------------------------ this round's additions
+
+def test_canary_fingerprint_does_not_depend_on_threads():
+    """The fingerprint is computed on one thread, whatever the process uses: the fast CNN's
+    canary differs in its last bits between one and two threads on this CPU."""
+    from nlutils import registry
+    canary = registry.canary("ce", model="fastcnn", recipe=recipe.FASTCNN_MEMO)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        plain_two, two = runs.digest(canary()), runs.digest(runs.run_canary(canary))
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        plain_one, one = runs.digest(canary()), runs.digest(runs.run_canary(canary))
+    finally:
+        torch.set_num_threads(before)
+    assert one == two == plain_one
+    if plain_one == plain_two:
+        pytest.skip("this machine's kernels give the same bits on one and two threads")
+
+
+def test_track_train_sample(digits):
+    """track_train=k measures the memorisation columns on a fixed sample of k rows; the
+    training itself is bitwise the same as with every row tracked."""
+    x, y = digits.x_train, digits.y_train
+    nl = noise.symmetric(y, 0.4, 10, seed=0)
+    kw = dict(epochs=2, batch_size=64, optimizer="sgd", lr=0.05, seed=0, progress=False,
+              y_true=y)
+    full_net, part_net = (models.build("mlp", (1, 8, 8), 10, seed=0, hidden=(32,)) for _ in range(2))
+    h_full = train.fit(full_net, x, nl.noisy, track_train=True, **kw)
+    h_part = train.fit(part_net, x, nl.noisy, track_train=300, **kw)
+    assert h_full["loss"].equals(h_part["loss"])
+    for a, b in zip(full_net.parameters(), part_net.parameters()):
+        assert torch.equal(a, b)
+    # the sample's numbers, recomputed by hand
+    rows = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:300].sort().values
+    pred = train.predict(part_net, x, rows).argmax(1)
+    wrong = nl.noisy[rows] != y[rows]
+    assert h_part["memorized"].iloc[-1] == pytest.approx(
+        100 * float((pred[wrong] == nl.noisy[rows][wrong]).double().mean()))
+    assert h_part["memorized"].iloc[-1] != h_full["memorized"].iloc[-1]
+    with pytest.raises(ValueError, match="track_train"):
+        train.fit(part_net, x, nl.noisy, track_train=-3, **kw)
+
+
+def test_two_workers_never_compute_one_run_twice(tmp_path):
+    """A run another live process is computing (its .lock) is waited for, not recomputed;
+    a lock left by a dead process is taken over."""
+    import subprocess
+    import sys
+    import threading
+    store = runs.RunStore(tmp_path, train=True)
+    config = {"method": "ce", "seed": 0}
+    lock = store.path(config).with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock.write_text(str(other.pid))
+        calls = []
+
+        def finish():  # the "other worker" writes its record, then releases the lock
+            runs.save(runs.Record(config, {"acc": 1.0}), store.path(config))
+            lock.unlink()
+        threading.Timer(0.5, finish).start()
+        rec = store.run(config, lambda: calls.append(1) or ({"acc": 2.0}, None, {}))
+        assert rec.metrics == {"acc": 1.0} and not calls
+    finally:
+        other.kill()
+        other.wait()
+    config2 = {"method": "ce", "seed": 1}
+    stale = store.path(config2).with_suffix(".lock")
+    stale.write_text(str(other.pid))  # that process is gone
+    rec = store.run(config2, lambda: ({"acc": 3.0}, None, {}))
+    assert rec.metrics == {"acc": 3.0} and not stale.exists()
