@@ -8,7 +8,9 @@ This module is the experiment layer's adapter: for a method name it says
   ``step_loss``, ``weights``, or a different optimiser);
 * **its noisiness score**: one number per training row, higher = more likely wrong
   (``arrays["score"]``; absent for the oracle), and the final predictions on the training
-  rows (``arrays["pred"]``; for ELR and ELR+ also ``arrays["target_argmax"]``);
+  rows (``arrays["pred"]``; for ELR and ELR+ also ``arrays["target_argmax"]``; for ``ce``
+  the softmax outputs ``arrays["probs"]``, from which :func:`correction.estimate_T` reads
+  T̂);
 * **its history**: the fit history plus, for reweighting methods, per-epoch weight
   statistics (``w_clean_share``, ``w_noisy_zero``, ``w_clean_zero``, ``w_noisy_top10``,
   ``w_noisy_bottom10``: :func:`weight_stats`)
@@ -268,6 +270,8 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
     if method in ("elr", "elr_plus"):  # the README's detector: the target's argmax ≠ label
         target = loss.target if method == "elr" else net.target.mean(0)
         arrays["target_argmax"] = target.argmax(1).to(torch.int16)
+    if method == "ce":  # p(noisy label | x) on the training rows: the input of the T̂ estimator
+        arrays["probs"] = probs.float()
     if method in ("ce", "trusted_only", "finetune") or method in LOSSES:
         arrays["score"] = 1 - probs.gather(1, train_labels.view(-1, 1)).squeeze(1)
     elif after is not None:
