@@ -50,6 +50,9 @@ method                 trains / scores
                        adam) / minus the mean weight of the row
 ``gradsim``            :class:`gradsim.GradSimReweight` (``a``, ``k``, ``layers``) / minus the
                        mean weight of the row
+``cleanlab_retrain``   ``folds``-fold cross-validated CE probabilities, cleanlab's
+                       ``find_label_issues``, the flagged rows dropped, CE retrained
+                       (:func:`cross_val_probs`) / 1 - cleanlab's self-confidence quality
 =====================  =====================================================================
 """
 from __future__ import annotations
@@ -93,6 +96,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("l2rw", "Ren et al. 2018", uses_trusted=True,
            defaults=(("inner", "sgd"), ("trusted_batch", 128), ("higher_eps", False),
                      ("meta_method", "auto"))),
+    Method("cleanlab_retrain", "Northcutt et al. 2021 (cleanlab)", defaults=(("folds", 4),)),
     Method("gradsim", "Wei 2020", defaults=(("a", 4.0), ("k", 4), ("layers", "last"),
                                             ("weighting", "similarity"), ("fraction", 0.2),
                                             ("within_class", False))),
@@ -161,7 +165,7 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         progress: bool | None = None, track_train: bool | int = True):
     """Train ``method`` on ``problem``; returns ``(metrics, history, arrays)``."""
     prm = method_params(method, params)
-    if recipe.label_smoothing and method not in ("ce", "oracle", "trusted_only", "finetune"):
+    if recipe.label_smoothing and method not in ("ce", "oracle", "trusted_only", "finetune", "cleanlab_retrain"):
         raise ValueError(f"method {method!r} defines its own loss: use a recipe with "
                          f"label_smoothing=0 (it is {recipe.label_smoothing})")
     x = problem.ds.x_train
@@ -179,9 +183,14 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
     hook: dict = {}
     weight_log: list = []
     after: Callable | None = None
+    cv = None
     if method == "oracle":
         rows = rows[~problem.labels.is_noisy[rows]]
         labels = y_given[rows]
+    elif method == "cleanlab_retrain":  # out-of-sample probabilities, confident learning, then CE
+        cv = cross_val_probs(problem, model, recipe, seed, prm["folds"], model_args, device)
+        keep = ~cv["issues"]
+        rows, labels = rows[keep], labels[keep]
     elif method == "trusted_only":
         if not len(problem.trusted):
             raise ValueError("trusted_only needs trusted rows (trusted_per_class > 0)")
@@ -260,6 +269,10 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
     # the model: the scores below are those of the model the noisy-validation protocol selects
     metrics = _protocol_metrics(history)
     metrics["seconds"] = float(history["seconds"].sum())
+    if cv is not None:  # the folds' training is part of the method's cost
+        metrics["cv_seconds"] = cv["seconds"]
+        metrics["seconds"] += cv["seconds"]
+        metrics["flagged"] = int(cv["issues"].sum())
     arrays = {}
     train_rows, train_labels = problem.train, y_given[problem.train]
     # one pass over the training rows: the final predictions (the "prediction ≠ label"
@@ -270,7 +283,10 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
     if method in ("elr", "elr_plus"):  # the README's detector: the target's argmax ≠ label
         target = loss.target if method == "elr" else net.target.mean(0)
         arrays["target_argmax"] = target.argmax(1).to(torch.int16)
-    if method == "ce":  # p(noisy label | x) on the training rows: the input of the T̂ estimator
+    if cv is not None:
+        arrays["score"] = cv["score"]
+        arrays["issues"] = cv["issues"]
+    elif method == "ce":  # p(noisy label | x) on the training rows: the input of the T̂ estimator
         arrays["probs"] = probs.float()
     if method in ("ce", "trusted_only", "finetune") or method in LOSSES:
         arrays["score"] = 1 - probs.gather(1, train_labels.view(-1, 1)).squeeze(1)
@@ -281,6 +297,37 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         arrays["weight"] = w
         arrays["score"] = -w.nan_to_num(0.0)
     return metrics, history, arrays
+
+
+def cross_val_probs(problem: Problem, model: str, recipe: Recipe, seed: int, folds: int,
+                    model_args: dict | None = None, device="cpu") -> dict:
+    """cleanlab's recipe for its own algorithm: out-of-sample probabilities of the training
+    rows by ``folds``-fold cross-validation of cross-entropy (same network and recipe, no
+    evaluation), then ``find_label_issues`` (prune by noise rate) and the self-confidence
+    label quality. Returns ``issues`` (bool per row of ``problem.train``), ``score``
+    (1 - quality: higher = more suspicious), ``probs`` and the folds' training ``seconds``."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    rows = problem.train
+    labels = problem.labels.noisy[rows]
+    fold = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)) % folds
+    probs = torch.zeros(len(rows), problem.num_classes, dtype=torch.float64)
+    seconds = 0.0
+    for f in range(folds):
+        fit_rows, held = rows[fold != f], (fold == f).nonzero().flatten()
+        net = build_model(model, problem, seed + 1000 * (f + 1), model_args)
+        h = train.fit(net, problem.ds.x_train, problem.labels.noisy[fit_rows], index=fit_rows,
+                      track_train=False, **dict(recipe.fit_kwargs(), seed=seed, device=device,
+                                                desc=f"cleanlab fold {f + 1}/{folds} seed={seed}"))
+        seconds += float(h["seconds"].sum())
+        ev = dict(device=device, precision=recipe.precision,
+                  channels_last=problem.ds.x_train.ndim == 4 and train.uses_conv(net))
+        probs[held] = train.predict(net, problem.ds.x_train, rows[held], **ev).softmax(1).double()
+    y, pp = labels.numpy(), probs.numpy()
+    issues = torch.as_tensor(find_label_issues(y, pp, filter_by="prune_by_noise_rate"))
+    quality = torch.as_tensor(get_label_quality_scores(y, pp, method="self_confidence"))
+    return {"issues": issues, "score": 1 - quality, "probs": probs, "seconds": seconds}
 
 
 def _protocol_metrics(h) -> dict:
