@@ -33,7 +33,7 @@ from . import data, profiles, registry, results, runs
 from . import setting as setting_lib
 from .recipe import Recipe
 
-BOOK = Path(__file__).resolve().parent.parent / "book"
+BOOK = Path(__file__).resolve().parent.parent / "book"  # the book's folders: this layer's choice
 VERDICTS = ("reproduced", "partly", "not reproduced", "no paper number")
 
 
@@ -97,11 +97,18 @@ def identify(s: setting_lib.Setting, method: str, *, model: str, recipe: Recipe,
     spec = data.SPECS[s.dataset]["train"]
     shape = (1, *spec[1:]) if len(spec) == 3 else (spec[3], spec[1], spec[2])
     K = len(data.SPECS[s.dataset]["classes"])
+    copies = s.noise in ("massive", "massive_shift")
     canary = registry.canary(method, model=model, recipe=recipe, input_shape=shape,
-                             params=params, model_args=model_args, num_classes=K)
+                             params=params, model_args=model_args, num_classes=K, copies=copies)
     name = runs.canonical(dict(method=method, model=model, model_args=model_args or {},
-                               recipe=recipe.key(), params=prm, shape=shape, K=K))
+                               recipe=recipe.key(), params=prm, shape=shape, K=K,
+                               **({"copies": True} if copies else {})))
     return config, canary, name
+
+
+def results_folder() -> Path:
+    """``$NLUTILS_RESULTS``, else ``book/results``."""
+    return Path(os.environ.get("NLUTILS_RESULTS") or BOOK / "results")
 
 
 class Chapter:
@@ -168,9 +175,14 @@ class Chapter:
         """Write ``book/results/<chapter>.json`` (``.<profile>.json`` for smoke/paper)."""
         metrics = {**self.metrics, **(extra_metrics or {})}
         return results.save(self.name, metrics, profile=self.profile, parameters=vars(self.cfg),
+                            directory=results_folder(),
                             seeds=getattr(self.cfg, "seeds", None),
                             run_seconds=time.perf_counter() - self.started,
                             headline=headline, claims=self.claims,
                             compute_seconds=self.store.seconds,
                             runs=sorted(str(p.relative_to(self.store.directory))
                                         for p in self.store.used.values()))
+
+    def reproduce_box(self):
+        """The "Reproduce this chapter" admonition (:func:`results.reproduce_box`)."""
+        return results.reproduce_box(self.name, directory=results_folder())

@@ -3,7 +3,9 @@
 A recipe holds everything :func:`nlutils.train.fit` needs besides the data, the model and
 the method hook: optimiser, learning rate, momentum, weight decay, batch size, epochs, one
 learning-rate schedule (:func:`nlutils.train.lr_schedule`), precision, augmentation, label
-smoothing and flip test-time augmentation. It is a frozen dataclass, so it can be part of a
+smoothing, flip test-time augmentation, and how long to train: ``epochs`` of
+``steps_per_epoch`` steps (default: one pass over the rows) with early stopping after
+``patience`` epochs without a better validation accuracy (the best weights restored). It is a frozen dataclass, so it can be part of a
 run's configuration (``asdict``) and changed only by making a new one
 (``recipe.replace(epochs=5)``), which validates again and names the bad field.
 
@@ -41,6 +43,8 @@ class Recipe:
     label_smoothing: float = 0.0
     tta: bool = False
     freeze: dict = field(default_factory=dict)  # parameter-name prefix -> epochs it trains
+    steps_per_epoch: int | None = None  # an "epoch" of this many steps (an evaluation period)
+    patience: int | None = None  # stop after this many epochs without a better validation accuracy
 
     def __post_init__(self):
         def bad(name, why):
@@ -63,6 +67,10 @@ class Recipe:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(name, "must be an integer >= 1")
+        for name in ("steps_per_epoch", "patience"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                bad(name, "must be None or an integer >= 1")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             bad("nesterov", "needs optimizer='sgd' with momentum > 0")
         if self.precision not in train.PRECISIONS:
@@ -105,7 +113,8 @@ class Recipe:
                     schedule_per_step=self.schedule_per_step,
                     precision=self.precision, augment=self.augment,
                     label_smoothing=self.label_smoothing, tta=self.tta,
-                    freeze=dict(self.freeze))
+                    freeze=dict(self.freeze), steps_per_epoch=self.steps_per_epoch,
+                    patience=self.patience)
 
 
 #: The fast CIFAR network's recipe (``models.build("fastcnn")`` after

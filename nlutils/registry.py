@@ -80,7 +80,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("ce", "cross-entropy", defaults=(("with_trusted", False),)),
+    Method("ce", "cross-entropy", defaults=(("with_trusted", False), ("stop_rule", "recipe"))),
     Method("finetune", "cross-entropy, then fine-tuning on the trusted rows", uses_trusted=True,
            defaults=(("with_trusted", True), ("finetune_epochs", 10))),
     Method("oracle", "cross-entropy on the correctly labelled rows", uses_mask=True),
@@ -165,6 +165,11 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         progress: bool | None = None, track_train: bool | int = True):
     """Train ``method`` on ``problem``; returns ``(metrics, history, arrays)``."""
     prm = method_params(method, params)
+    if problem.image is not None:
+        return _run_copies(problem, method, prm, model=model, recipe=recipe, seed=seed,
+                           model_args=model_args, device=device, progress=progress)
+    if prm.get("stop_rule", "recipe") != "recipe":
+        raise ValueError("stop_rule='blog' is the massive-noise blog's rule, for alpha settings only")
     if recipe.label_smoothing and method not in ("ce", "oracle", "trusted_only", "finetune", "cleanlab_retrain"):
         raise ValueError(f"method {method!r} defines its own loss: use a recipe with "
                          f"label_smoothing=0 (it is {recipe.label_smoothing})")
@@ -267,7 +272,7 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
                             ignore_index=True)
     # with a validation split, fit leaves the weights of the best noisy-validation epoch in
     # the model: the scores below are those of the model the noisy-validation protocol selects
-    metrics = _protocol_metrics(history)
+    metrics = _protocol_metrics(history, recipe)
     metrics["seconds"] = float(history["seconds"].sum())
     if cv is not None:  # the folds' training is part of the method's cost
         metrics["cv_seconds"] = cv["seconds"]
@@ -297,6 +302,45 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         arrays["weight"] = w
         arrays["score"] = -w.nan_to_num(0.0)
     return metrics, history, arrays
+
+
+def _run_copies(problem: Problem, method: str, prm: dict, *, model, recipe, seed, model_args,
+                device, progress):
+    """Cross-entropy on a massive-noise problem (rows mapped to images, Rolnick et al.):
+    validation on the *clean* held-out images, early stopping by the recipe's patience
+    with the best weights restored; or (``stop_rule="blog"``) the blog's rule: full passes,
+    stop at the first epoch from the fifth on whose validation accuracy does not beat the
+    previous three, and keep the last weights. Metrics add ``steps`` and ``throughput``
+    (training examples per second); no per-row arrays (millions of rows)."""
+    if method != "ce":
+        raise ValueError(f"method {method!r} does not run on massive-noise settings; use 'ce'")
+    x = problem.ds.x_train
+    net = build_model(model, problem, seed, model_args)
+    val = (x.index_select(0, problem.val), problem.ds.y_train[problem.val]) if len(problem.val) else None
+    fit_kw = dict(recipe.fit_kwargs(), seed=seed, device=device, progress=progress,
+                  desc=f"ce {problem.setting.name} lr={recipe.lr:g} seed={seed}")
+    if prm["stop_rule"] == "blog":
+        if val is None:
+            raise ValueError("stop_rule='blog' needs a validation split (val_fraction > 0)")
+        log: list = []
+        ev = dict(device=device, precision=recipe.precision, channels_last=x.ndim == 4 and train.uses_conv(net))
+        xv, yv = val
+
+        def blog_rule(epoch, m, rec):
+            rec["val_acc"] = train.accuracy(m, xv, yv, **ev)
+            log.append(rec["val_acc"])
+            return epoch > 4 and rec["val_acc"] <= max(log[-4:-1])
+        fit_kw.update(on_epoch_end=blog_rule, patience=None)
+        val = None
+    h = train.fit(net, x, problem.row_labels, index=problem.image, test=(problem.ds.x_test, problem.ds.y_test),
+                  val=val, track_train=False, **fit_kw)
+    metrics = _protocol_metrics(h, recipe if prm["stop_rule"] == "recipe" else None)
+    steps = len(h) * (recipe.steps_per_epoch or -(-len(problem.image) // recipe.batch_size))
+    metrics.update(seconds=float(h["seconds"].sum()), steps=int(steps),
+                   throughput=steps * recipe.batch_size / max(float(h["seconds"].sum()), 1e-9))
+    if "val_acc" in h:
+        metrics["val_best"] = float(h["val_acc"].max())
+    return metrics, h, {}
 
 
 def cross_val_probs(problem: Problem, model: str, recipe: Recipe, seed: int, folds: int,
@@ -330,10 +374,12 @@ def cross_val_probs(problem: Problem, model: str, recipe: Recipe, seed: int, fol
     return {"issues": issues, "score": 1 - quality, "probs": probs, "seconds": seconds}
 
 
-def _protocol_metrics(h) -> dict:
+def _protocol_metrics(h, recipe: Recipe | None = None) -> dict:
     out = {"acc_last": float(h["test_acc"].iloc[-1]),
            "acc_besttest": float(h["test_acc"].max()),
            "epochs_run": int(len(h))}
+    if recipe is not None and recipe.patience is not None:  # which rule ended the run
+        out["stopped_by"] = "patience" if len(h) < recipe.epochs else "budget"
     if "test_acc_tta" in h:
         out["acc_last_tta"] = float(h["test_acc_tta"].iloc[-1])
     if "val_acc" in h:
@@ -370,12 +416,21 @@ def synthetic_problem(input_shape, num_classes: int = 10, n: int = 64, seed: int
 
 
 def canary(method: str, *, model: str, recipe: Recipe, input_shape=(3, 32, 32),
-           params: dict | None = None, model_args: dict | None = None, num_classes: int = 10):
+           params: dict | None = None, model_args: dict | None = None, num_classes: int = 10,
+           copies: bool = False):
     """The numbers a two-step run of this exact code path produces on synthetic data (the
-    recipe with 2 epochs of one batch of 32 rows... the schedule and hooks included)."""
+    recipe with 2 epochs of one batch of 32 rows... the schedule and hooks included).
+    ``copies``: the massive-noise path (every image twice, the copy with a random label)."""
     def compute():
         problem = synthetic_problem(input_shape, num_classes)
-        r = recipe.replace(epochs=2, batch_size=32)
+        if copies:
+            g = torch.Generator().manual_seed(1)
+            rows = problem.train
+            problem.image = torch.cat([rows, rows])
+            problem.row_labels = torch.cat([problem.labels.clean[rows],
+                                            torch.randint(0, num_classes, (len(rows),), generator=g)])
+            problem.train = torch.arange(len(problem.image))
+        r = recipe.replace(epochs=2, batch_size=32, steps_per_epoch=None if recipe.steps_per_epoch is None else 1)
         metrics, history, arrays = run(problem, method, model=model, recipe=r, seed=0,
                                        params=params, model_args=model_args, progress=False)
         # what training computed: losses, accuracies and the per-row arrays (not timings, not

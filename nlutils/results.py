@@ -1,4 +1,4 @@
-"""Headline metrics with provenance, a per-run cache, and the chapter's reproduce box.
+"""A chapter's record (metrics with provenance) and its reproduce box.
 
 ``save(chapter, metrics, ...)`` writes ``book/results/<chapter>.json`` (``<chapter>.<profile>
 .json`` for the smoke and paper profiles)::
@@ -13,11 +13,9 @@
 Accuracies are in percent, a mean over seeds is ``{"mean": m, "std": s, "n": k}``
 (see :func:`mean_std`). ``headline`` rows feed the landing page's table.
 
-``RunCache`` stores one finished run per file, keyed by a hash of the run's full
-configuration and of the nlutils modules that compute (not those that only record or
-plot), so re-executing a notebook reuses what is done, an interrupted sweep loses nothing
-already finished, and a change of the code a run used never serves stale numbers. It also
-adds up the compute time of the runs it serves (``RunCache.seconds``).
+The records go to the folder passed as ``directory`` or named by ``NLUTILS_RESULTS``; the
+book's folder (``book/results``) is the chapter layer's choice (:mod:`nlutils.chapter`),
+not this module's. Finished runs are kept by :mod:`nlutils.runs`.
 """
 from __future__ import annotations
 
@@ -26,11 +24,9 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import subprocess
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -68,11 +64,11 @@ def source_hash(modules: dict[str, str] | None = None) -> str:
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get("NLUTILS_RESULTS", REPO_ROOT / "book" / "results"))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("NLUTILS_CACHE", REPO_ROOT / ".cache" / "runs"))
+    """The folder named by ``NLUTILS_RESULTS`` (the chapter layer passes its own otherwise)."""
+    d = os.environ.get("NLUTILS_RESULTS")
+    if not d:
+        raise ValueError("no results folder: pass directory= or set NLUTILS_RESULTS")
+    return Path(d)
 
 
 def _git(*args) -> str | None:
@@ -130,8 +126,8 @@ def save(chapter: str, metrics: dict, *, profile: str, parameters: dict | None =
          claims: list[dict] | None = None, runs: list[str] | None = None) -> Path:
     """Write the chapter's record to :func:`result_path` and return the path. ``headline``:
     ``[{"what", "ours", "reference", "source"}]`` rows for the landing page's table;
-    ``compute_seconds``: the compute time of the chapter's runs (``RunCache.seconds``), which
-    stays meaningful when this execution was served from the cache."""
+    ``compute_seconds``: the compute time of the chapter's runs (``RunStore.seconds``), which
+    stays meaningful when this execution was served from the run records."""
     path = result_path(chapter, profile, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"chapter": chapter, "profile": profile,
@@ -168,98 +164,6 @@ def _jsonable(obj: Any):
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
     return str(obj)
-
-
-class RunCache:
-    """A folder of finished runs, one pickle each, keyed by configuration.
-
-    Example::
-
-        cache = RunCache()
-        result = cache.run({"method": "ce", "seed": 0, "epochs": 20}, lambda: train(...))
-
-    ``result`` must be picklable (dicts, floats, DataFrames, tensors). The key covers the
-    configuration (JSON, sorted) and the hash of the nlutils modules loaded when the cache
-    is created (except :attr:`NOT_NUMERIC`), so a change to the code a run uses recomputes
-    it. Set ``enabled=False`` (or ``NLUTILS_CACHE=off``) to always recompute.
-    """
-
-    #: modules that format, plot or record results and cannot change a run's numbers
-    NOT_NUMERIC = ("__init__.py", "results.py", "plot.py", "profiles.py")
-
-    def __init__(self, directory=None, enabled: bool | None = None):
-        self.directory = Path(directory) if directory is not None else cache_dir()
-        if enabled is None:
-            enabled = os.environ.get("NLUTILS_CACHE", "") != "off"
-        self.enabled = enabled
-        self._code = source_hash({k: v for k, v in loaded_modules().items()
-                                  if k not in self.NOT_NUMERIC})
-        self.hits = 0
-        self.misses = 0
-        self.seconds = 0.0  # compute time of the distinct runs served, cached or not
-        self._counted: set[str] = set()
-
-    def key(self, config: dict) -> str:
-        blob = json.dumps(_jsonable(config), sort_keys=True) + self._code
-        return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-    def path(self, config: dict) -> Path:
-        return self.directory / f"{self.key(config)}.pkl"
-
-    def get(self, config: dict):
-        p = self.path(config)
-        if not (self.enabled and p.is_file()):
-            return None
-        try:
-            with open(p, "rb") as f:
-                stored = pickle.load(f)
-        except Exception:  # a truncated file from a killed run: recompute it
-            return None
-        self._count(config, _compute_seconds(stored))
-        return stored["result"]
-
-    def _count(self, config: dict, seconds: float) -> None:
-        key = self.key(config)
-        if key not in self._counted:
-            self._counted.add(key)
-            self.seconds += seconds
-
-    def put(self, config: dict, result, seconds: float | None = None) -> None:
-        if not self.enabled:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        p = self.path(config)
-        tmp = p.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            pickle.dump({"config": _jsonable(config), "result": result, "seconds": seconds}, f)
-        tmp.replace(p)
-
-    def run(self, config: dict, fn: Callable[[], Any]):
-        """The cached result for ``config``, or ``fn()`` computed, stored and returned."""
-        hit = self.get(config)
-        if hit is not None:
-            self.hits += 1
-            return hit
-        if os.environ.get("NLUTILS_TRAIN", "on") == "off":
-            from .runs import MissingRun
-            raise MissingRun(f"run not cached and training is switched off: {config}")
-        self.misses += 1
-        t0 = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - t0
-        self._count(config, seconds)
-        self.put(config, result, seconds)
-        return result
-
-
-def _compute_seconds(stored: dict) -> float:
-    """A stored run's compute time; for runs stored without it, the training and evaluation
-    seconds of its history (when it has one)."""
-    if stored.get("seconds") is not None:
-        return float(stored["seconds"])
-    hist = stored["result"].get("history") if isinstance(stored["result"], dict) else None
-    cols = [c for c in ("seconds", "eval_seconds") if hist is not None and c in hist]
-    return float(hist[cols].to_numpy().sum()) if cols else 0.0
 
 
 def reproduce_box(chapter: str, profiles=("smoke", "book", "paper"), directory=None):

@@ -15,10 +15,17 @@ Grammar: ``<data>_<noise>``.
   ``fixedother``   the L2RW blog's generator (:func:`noise.fixed_other_T`)
   ===============  ==================================================================
 
-* ``<noise>`` for ``cifar10n``: ``aggre``, ``random1``, ``random2``, ``random3``, ``worse``.
+* ``<noise>`` for ``cifar10n``: ``aggre``, ``random1``, ``random2``, ``random3``, ``worse``;
+* ``alpha<α>`` (an integer): Rolnick et al.'s massive noise, ``α`` extra rows per clean
+  image, each with a label drawn uniformly from all K classes (:func:`noise.massive`);
+  ``alphashift<α>``: the same rows labelled as the blog reproduction did, with the true
+  label of the image ``shift`` rows further on (class frequencies, not uniform). Rows of
+  these settings are not images: the :class:`Problem` maps each row to its image
+  (``image``) and label (``row_labels``), and its ``val`` rows are *clean* held-out
+  images (no copies).
 
 Examples: ``cifar10_sym40``, ``cifar10_asym40``, ``cifar10n_worse``, ``mnist_patrini0.6``,
-``fmnist_sym60``, ``mnist_fixedother0.8``, ``digits_sym40``.
+``fmnist_sym60``, ``mnist_fixedother0.8``, ``digits_sym40``, ``mnist_alpha100``.
 
 :meth:`Setting.build` returns a :class:`Problem`: the data set, the noisy labels of *all*
 training images (a :class:`noise.NoisyLabels`) and three sets of rows, ``train``,
@@ -58,8 +65,9 @@ class Setting:
     name: str
     data: str          # key of :data:`DATA`
     dataset: str       # the nlutils.data name
-    noise: str         # a noise.corrupt name, or "human"
-    rate: float        # nominal rate (0 for clean; the measured rate for human noise is in the Problem)
+    noise: str         # a noise.corrupt name, "human", "massive" or "massive_shift"
+    rate: float        # nominal rate (0 for clean; the measured rate for human noise is in the
+                       # Problem; alpha, the copies per image, for massive noise)
     human: str | None = None
 
     @property
@@ -79,6 +87,8 @@ class Setting:
                 or not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction={val_fraction!r} must lie in [0, 1)")
         ds = ds if ds is not None else load_cached(self.dataset)
+        if self.noise in ("massive", "massive_shift"):
+            return self._build_copies(seed, ds, n_train, val_fraction)
         K = ds.num_classes
         y = ds.y_train
         if self.is_human:
@@ -101,6 +111,34 @@ class Setting:
             val, rest = data.validation_split(rest, val_fraction, seed=seed, labels=nl.noisy)
         return Problem(self, seed, ds, nl, rest, trusted, val)
 
+    def _build_copies(self, seed, ds, n_train, val_fraction) -> "Problem":
+        """Rolnick's rows: clean validation images first (seed ``seed``), then ``n_train``
+        clean images (a fixed stratified subset; 0: all the rest), then ``alpha`` noisy rows
+        per clean image. No image is copied: ``image`` maps rows to images."""
+        y, K, alpha = ds.y_train, ds.num_classes, int(self.rate)
+        val = torch.empty(0, dtype=torch.long)
+        base = torch.arange(len(y))
+        if val_fraction:
+            val, base = data.validation_split(base, val_fraction, seed=seed, labels=y)
+        if n_train:
+            if n_train > len(base):
+                raise ValueError(f"n_train={n_train} exceeds the {len(base)} clean training images")
+            base = base[data.stratified_subset(y[base], n_train, seed=SUBSET_SEED)]
+        if self.noise == "massive":
+            m = noise.massive(y[base], alpha, K, seed=seed)
+            image, labels = base[m.index], m.labels
+        else:  # the blog: row r shows image r // (alpha+1); copies take the label of image r + shift
+            n = len(base)
+            shift = int(torch.randint(0, n, (1,), generator=torch.Generator().manual_seed(seed)))
+            r = torch.arange(n * (alpha + 1))
+            img = r // (alpha + 1)
+            labels = torch.where(r % (alpha + 1) == 0, y[base][img], y[base][(r + shift) % n])
+            image = base[img]
+        clean = noise.NoisyLabels(y.clone(), y.clone(), torch.zeros(len(y), dtype=torch.bool),
+                                  torch.eye(K, dtype=torch.float64), torch.eye(K, dtype=torch.float64))
+        return Problem(self, seed, ds, clean, torch.arange(len(image)), torch.empty(0, dtype=torch.long),
+                       val, image=image, row_labels=labels)
+
 
 @dataclass
 class Problem:
@@ -112,7 +150,9 @@ class Problem:
     labels: noise.NoisyLabels  # over all training images
     train: torch.Tensor        # rows a method learns from (noisy labels)
     trusted: torch.Tensor      # clean rows (true labels), empty unless asked for
-    val: torch.Tensor          # noisy validation rows, empty unless asked for
+    val: torch.Tensor          # noisy validation rows, empty unless asked for (images)
+    image: torch.Tensor | None = None       # massive noise: the image of each training row
+    row_labels: torch.Tensor | None = None  # ... and its label (train holds row numbers)
 
     @property
     def num_classes(self) -> int:
@@ -121,6 +161,8 @@ class Problem:
     @property
     def noise_rate(self) -> float:
         """Measured share of wrong labels on the training rows (percent)."""
+        if self.image is not None:
+            return 100.0 * float((self.row_labels != self.ds.y_train[self.image]).double().mean())
         return 100.0 * float(self.labels.is_noisy[self.train].double().mean())
 
 
@@ -138,6 +180,10 @@ def parse(name: str) -> Setting:
         return Setting(name, head, DATA[head], "human", 0.0, human=tail)
     if tail == "clean":
         return Setting(name, head, DATA[head], "none", 0.0)
+    m = re.fullmatch(r"(alpha|alphashift)(\d+)", tail)
+    if m:
+        return Setting(name, head, DATA[head], "massive" if m.group(1) == "alpha" else "massive_shift",
+                       int(m.group(2)))
     m = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", tail)
     if not m:
         raise ValueError(f"setting={name!r}: noise {tail!r} is not '<kind><rate>' such as sym40 "
@@ -153,7 +199,7 @@ def parse(name: str) -> Setting:
         kind_name = KINDS[kind]
     else:
         raise ValueError(f"setting={name!r}: noise kind {kind!r} is unknown; choose one of "
-                         f"sym, symincl, asym, patrini, fixedother, or clean")
+                         f"sym, symincl, asym, patrini, fixedother, alpha, alphashift, or clean")
     noise.check_rate(rate, f"setting={name!r}: rate")
     return Setting(name, head, DATA[head], kind_name, rate)
 

@@ -9,12 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_outputs(tmp_path_factory):
-    """Tests never write into book/results, book/runs or the real run cache."""
+    """Tests never write into book/results or book/runs."""
     base = tmp_path_factory.mktemp("nlutils")
-    old = {k: os.environ.get(k) for k in ("NLUTILS_RESULTS", "NLUTILS_CACHE", "NLUTILS_PROGRESS",
-                                          "NLUTILS_RUNS")}
+    old = {k: os.environ.get(k) for k in ("NLUTILS_RESULTS", "NLUTILS_PROGRESS", "NLUTILS_RUNS")}
     os.environ["NLUTILS_RESULTS"] = str(base / "results")
-    os.environ["NLUTILS_CACHE"] = str(base / "cache")
     os.environ["NLUTILS_RUNS"] = str(base / "runs")
     os.environ["NLUTILS_PROGRESS"] = "0"
     torch.set_num_threads(min(2, torch.get_num_threads()))

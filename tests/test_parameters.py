@@ -21,7 +21,10 @@ BAD = [
     ("gradient_similarity", "a", -1),
     ("gradient_similarity", "ablation_epochs", 0),
     ("loss_correction", "mnist_epochs", 0),
-    ("benchmark", "n_train", -5),
+    ("benchmark", "trusted_per_class", -5),
+    ("elr", "track_rows", -1),
+    ("loss_correction", "bounded_lrs", "[0.1, -1]"),
+    ("benchmark", "cleanlab_folds", 1),
     ("foundations", "rates", "[0.2, 1.3]"),
     ("foundations", "seeds", "[0, -1]"),
 ]

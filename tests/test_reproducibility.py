@@ -1,12 +1,12 @@
-"""Same configuration, two fresh processes: bitwise-identical numbers; and a cached result
-equals a fresh recomputation of the same configuration."""
+"""Same configuration, two fresh processes: bitwise-identical numbers; and a stored run
+record equals a fresh recomputation of the same configuration."""
 import json
 import subprocess
 import sys
 
 import pandas as pd
 
-from nlutils import data, models, noise, results, train
+from nlutils import data, models, noise, results, runs, train
 
 SCRIPT = r"""
 import hashlib, json, torch
@@ -40,14 +40,18 @@ def _experiment():
     net = models.build("mlp", ds.input_shape, 10, seed=1)
     hist = train.fit(net, ds.x_train, nl.noisy, y_true=ds.y_train, epochs=2, lr=3e-3,
                      test=(ds.x_test, ds.y_test), seed=1, progress=False)
-    return {"history": hist.drop(columns=["seconds", "eval_seconds"])}
+    return {"acc": float(hist["test_acc"].iloc[-1])}, hist.drop(columns=["seconds", "eval_seconds"]), {}
 
 
-def test_cached_result_equals_fresh_recomputation(tmp_path):
+def test_stored_record_equals_fresh_recomputation(tmp_path):
+    """A run record served from the folder equals what a fresh computation gives."""
     config = {"test": "reproducibility", "seed": 1, "epochs": 2}
-    cache = results.RunCache(tmp_path)
-    first = cache.run(config, _experiment)
-    served = results.RunCache(tmp_path).run(config, lambda: (_ for _ in ()).throw(AssertionError("recomputed")))
-    fresh = results.RunCache(tmp_path, enabled=False).run(config, _experiment)
-    pd.testing.assert_frame_equal(served["history"], first["history"])
-    pd.testing.assert_frame_equal(served["history"], fresh["history"])
+    first = runs.RunStore(tmp_path).run(config, _experiment)
+    served = runs.RunStore(tmp_path, train=False).run(config, lambda: (_ for _ in ()).throw(AssertionError("recomputed")))
+    metrics, fresh, _ = _experiment()
+    pd.testing.assert_frame_equal(served.history, first.history)
+    pd.testing.assert_frame_equal(served.history, fresh, check_dtype=False)
+    assert served.metrics == metrics
+    p = results.save("demo", {"x": 1}, profile="smoke", directory=tmp_path)
+    assert p.name == "demo.smoke.json"
+    assert not (tmp_path / "demo.json").exists()

@@ -1,6 +1,5 @@
 import json
 import os
-import pickle
 
 import pytest
 
@@ -32,43 +31,6 @@ def test_mean_std():
     with pytest.raises(ValueError):
         results.mean_std([])
     assert results.fmt({"mean": 81.234, "std": 0.5}) == "81.23 ± 0.50"
-
-
-def test_run_cache_hits_misses_and_keys(tmp_path):
-    cache = results.RunCache(tmp_path)
-    calls = []
-
-    def work():
-        calls.append(1)
-        return {"acc": 0.5 + len(calls)}
-
-    a = cache.run({"seed": 0, "lr": 0.1}, work)
-    b = cache.run({"lr": 0.1, "seed": 0}, work)  # same config, other key order
-    c = cache.run({"seed": 1, "lr": 0.1}, work)
-    assert a == b and a != c and len(calls) == 2
-    assert cache.hits == 1 and cache.misses == 2
-    # a truncated file (a run killed while writing) is recomputed, not trusted
-    cache.path({"seed": 1, "lr": 0.1}).write_bytes(b"\x80\x04garbage")
-    cache.run({"seed": 1, "lr": 0.1}, work)
-    assert len(calls) == 3
-
-
-def test_run_cache_key_depends_on_the_numeric_code(tmp_path, monkeypatch):
-    a = results.RunCache(tmp_path).key({"x": 1})
-    mods = results.loaded_modules()
-    monkeypatch.setattr(results, "loaded_modules", lambda: dict(mods, **{"train.py": "changed"}))
-    assert results.RunCache(tmp_path).key({"x": 1}) != a
-    monkeypatch.setattr(results, "loaded_modules", lambda: dict(mods, **{"plot.py": "changed"}))
-    assert results.RunCache(tmp_path).key({"x": 1}) == a
-
-
-def test_run_cache_disabled(tmp_path, monkeypatch):
-    monkeypatch.setenv("NLUTILS_CACHE", "off")
-    cache = results.RunCache(tmp_path)
-    n = []
-    cache.run({"a": 1}, lambda: n.append(1))
-    cache.run({"a": 1}, lambda: n.append(1))
-    assert len(n) == 2
 
 
 PRESETS = {"smoke": dict(dataset="digits", epochs=1, seeds=[0], rate=0.2, device="cpu"),
@@ -125,12 +87,3 @@ def test_reproduce_box_lists_every_profile_and_the_run(tmp_path):
     assert "1.5 min" in text and "seeds [0, 1]" in text and text.startswith(":::{admonition}")
 
 
-def test_run_cache_reports_compute_time_of_hits_and_misses(tmp_path):
-    import time as _time
-    cache = results.RunCache(tmp_path)
-    cache.run({"slow": 1}, lambda: _time.sleep(0.05) or {"v": 1})
-    assert cache.seconds >= 0.05
-    again = results.RunCache(tmp_path)
-    again.run({"slow": 1}, lambda: {"v": 2})
-    again.run({"slow": 1}, lambda: {"v": 2})  # the same run served twice counts once
-    assert again.hits == 2 and again.seconds == pytest.approx(cache.seconds, rel=1e-6)
