@@ -12,7 +12,7 @@
 
 Example::
 
-    ch = Chapter("foundations", profile, PRESETS, dict(rates=rates, seeds=seeds))
+    ch = Chapter("foundations", profile, PRESETS, globals())  # the parameters cell's values
     rec = ch.train("mnist_sym40", "ce", model="mlp", recipe=Recipe(optimizer="adam", lr=1e-3),
                    seed=0)                     # rec.metrics, rec.history, rec.arrays
     ch.glue("hi_final", 81.2)                  # {glue:text}`hi_final` and metrics["hi_final"]
@@ -117,6 +117,9 @@ class Chapter:
     def __init__(self, name: str, profile: str, presets: dict, given: dict,
                  checks: dict | None = None, runs_dir=None):
         self.name = name
+        known = set().union(*(p.keys() for p in presets.values())) if presets else set()
+        # ``given`` may be the notebook's globals(): the parameters are the presets' names
+        given = {k: v for k, v in dict(given).items() if k in known}
         self.cfg = profiles.resolve(profile, presets, checks=checks, **given)
         self.profile = profile
         self.metrics: dict = {}

@@ -99,6 +99,64 @@ def _fraction(name, v):
         raise ValueError(f"{name}={v!r} must be a number in [0, 1)")
 
 
+# ------------------------------------------------------------ checks a chapter composes
+
+def subset_of(allowed, empty_ok: bool = False, must_include=()):
+    """A check: the value is a list of items of ``allowed`` (non-empty unless ``empty_ok``),
+    containing every item of ``must_include``."""
+    allowed = list(allowed)
+
+    def check(name, v):
+        if not isinstance(v, list) or (not v and not empty_ok) or sorted(set(v) - set(allowed), key=str):
+            raise ValueError(f"{name}={v!r} must be a {'' if empty_ok else 'non-empty '}subset of {allowed}")
+        for item in must_include:
+            if item not in v:
+                raise ValueError(f"{name}={v!r} must include {item!r}")
+    return check
+
+
+def one_of(options):
+    """A check: the value is one of ``options``."""
+    return _choice(list(options))
+
+
+def setting_names(name, v):
+    """A check: a list of setting names of :mod:`nlutils.setting`."""
+    from . import setting
+
+    if not isinstance(v, list):
+        raise ValueError(f"{name}={v!r} must be a list of setting names")
+    for s in v:
+        try:
+            setting.parse(s)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+
+
+def recipe_name(name, v):
+    """A check: a name in :data:`nlutils.recipe.RECIPES`."""
+    from .recipe import RECIPES
+
+    if v not in RECIPES:
+        raise ValueError(f"{name}={v!r} is unknown; choose one of {', '.join(RECIPES)}")
+
+
+def at_least(k: int):
+    """A check: an integer >= ``k``."""
+    def check(name, v):
+        if not _is_int(v) or v < k:
+            raise ValueError(f"{name}={v!r} must be an integer >= {k}")
+    return check
+
+
+def in_range(lo: float, hi: float):
+    """A check: a number in ``(lo, hi]``."""
+    def check(name, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
+            raise ValueError(f"{name}={v!r} must lie in ({lo}, {hi}]")
+    return check
+
+
 #: parameter name -> check(name, value); names not listed here or in :data:`PATTERNS` are
 #: passed through unchecked (a chapter adds its own with ``resolve(..., checks=...)``)
 CHECKS = {
@@ -116,7 +174,9 @@ CHECKS = {
     "T": _transition,
     "per_class": _nonneg_int, "trusted_per_class": _nonneg_int, "track_rows": _nonneg_int,
     "n_train": _nonneg_int, "n_val": _positive_int,
-    "patience": _positive_int, "eval_every": _positive_int, "cleanlab_folds": _positive_int,
+    "patience": _positive_int, "eval_every": _positive_int, "cleanlab_folds": at_least(2),
+    "recipe": recipe_name, "percentile": in_range(0, 100),
+    "precision": _choice(train.PRECISIONS), "conv_precision": _choice(train.PRECISIONS),
     "a": _nonneg, "k": _positive_int,
     "val_fraction": _fraction, "momentum": _fraction, "weight_decay": _nonneg,
     "lr_decay": _positive, "lr_gamma": _positive,
