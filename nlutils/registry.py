@@ -193,7 +193,7 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         rows = rows[~problem.labels.is_noisy[rows]]
         labels = y_given[rows]
     elif method == "cleanlab_retrain":  # out-of-sample probabilities, confident learning, then CE
-        cv = cross_val_probs(problem, model, recipe, seed, prm["folds"], model_args, device)
+        cv = cross_val_probs(problem, model, recipe, seed, prm["folds"], model_args, device, progress)
         keep = ~cv["issues"]
         rows, labels = rows[keep], labels[keep]
     elif method == "trusted_only":
@@ -213,6 +213,8 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
                                problem.num_classes, lam=prm["lam"], beta=prm["beta"],
                                mixup_alpha=prm["mixup_alpha"], ema_decay=prm["ema_decay"], seed=seed)
         hook["step_loss"] = net.step_loss
+        # the recipe's freezing applies to both trained networks (named nets.0.*, nets.1.*)
+        fit_kw["freeze"] = {f"nets.{i}.{k}": v for k, v in fit_kw["freeze"].items() for i in (0, 1)}
         after = lambda probs: 1 - (net.target.mean(0) / net.target.mean(0).sum(1, keepdim=True)
                                .clamp_min(1e-12)).gather(1, labels.view(-1, 1)).squeeze(1)
     elif method in ("forward", "backward"):
@@ -344,7 +346,7 @@ def _run_copies(problem: Problem, method: str, prm: dict, *, model, recipe, seed
 
 
 def cross_val_probs(problem: Problem, model: str, recipe: Recipe, seed: int, folds: int,
-                    model_args: dict | None = None, device="cpu") -> dict:
+                    model_args: dict | None = None, device="cpu", progress: bool | None = None) -> dict:
     """cleanlab's recipe for its own algorithm: out-of-sample probabilities of the training
     rows by ``folds``-fold cross-validation of cross-entropy (same network and recipe, no
     evaluation), then ``find_label_issues`` (prune by noise rate) and the self-confidence
@@ -362,7 +364,7 @@ def cross_val_probs(problem: Problem, model: str, recipe: Recipe, seed: int, fol
         fit_rows, held = rows[fold != f], (fold == f).nonzero().flatten()
         net = build_model(model, problem, seed + 1000 * (f + 1), model_args)
         h = train.fit(net, problem.ds.x_train, problem.labels.noisy[fit_rows], index=fit_rows,
-                      track_train=False, **dict(recipe.fit_kwargs(), seed=seed, device=device,
+                      track_train=False, **dict(recipe.fit_kwargs(), seed=seed, device=device, progress=progress,
                                                 desc=f"cleanlab fold {f + 1}/{folds} seed={seed}"))
         seconds += float(h["seconds"].sum())
         ev = dict(device=device, precision=recipe.precision,

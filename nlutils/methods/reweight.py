@@ -53,6 +53,7 @@ Depends on torch only (``higher`` only for :func:`meta_gradient_higher`, the ref
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -219,6 +220,22 @@ def _dots_closed_form(linears, tape, deltas, u_by_param):
     return s
 
 
+@contextlib.contextmanager
+def _batch_statistics_only(model):
+    """BatchNorm layers normalise by the batch's statistics and update no running
+    statistics (what a training-mode forward computes, without its in-place side effect,
+    which ``torch.func`` transforms refuse)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.training and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
 def _dots_jvp(model, x, y, u, loss_fn):
     """⟨u, ∇ℓ_i⟩ for all i as one Jacobian-vector product of the per-example losses."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -228,7 +245,8 @@ def _dots_jvp(model, x, y, u, loss_fn):
     def losses(p):
         return loss_fn(functional_call(model, (p, buffers), (x,)), y, reduction="none")
 
-    _, dots = jvp(losses, (params,), (dict(zip(names, u)),))
+    with _batch_statistics_only(model):
+        _, dots = jvp(losses, (params,), (dict(zip(names, u)),))
     return dots
 
 
