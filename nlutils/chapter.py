@@ -77,6 +77,34 @@ def against_paper(ours, paper: float, *, close: float = 1.0, near: float = 5.0,
     return "partly" if gap <= near else "not reproduced"
 
 
+def per_seed(pool: dict, method: str, setting: str, value) -> list:
+    """The values of ``value`` for the runs ``pool[(method, setting, seed)]`` in seed order:
+    ``value`` is a metric name, or a callable of the run (a :class:`runs.Record` or a dict
+    with ``"metrics"`` and ``"history"``)."""
+    seeds = sorted(s for m, n, s in pool if (m, n) == (method, setting))
+
+    def get(r):
+        if callable(value):
+            return value(r)
+        metrics = r.metrics if hasattr(r, "metrics") else r["metrics"]
+        v = metrics.get(value)
+        return float("nan") if v is None else float(v)
+    return [get(pool[(method, setting, s)]) for s in seeds]
+
+
+def summarise(pool: dict, methods, settings, value) -> dict:
+    """``{method: {setting: {"mean", "std", "n"}}}`` of :func:`per_seed` (NaN when a run is
+    missing a value, e.g. a refused one)."""
+    out = {}
+    for m in methods:
+        out[m] = {}
+        for s in settings:
+            v = per_seed(pool, m, s, value)
+            out[m][s] = (results.mean_std(v) if v and not np.isnan(v).any()
+                         else {"mean": float("nan"), "std": float("nan"), "n": len(v)})
+    return out
+
+
 def describe(c: dict, unit: str = " points") -> str:
     """``"+1.40 (95% CI +0.52 to +2.28, 5 seeds): better"``."""
     if c["n"] < 2:
