@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+# meta_reweight checks its meta-gradient against `higher` in float64 on the profile's network
+# before its first run: with the paper's WRN-28-10 that alone takes minutes on a CPU
+CHAPTERS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb") if p.stem != "meta_reweight")
 
 
 @pytest.mark.notebooks
