@@ -105,6 +105,14 @@ def summarise(pool: dict, methods, settings, value) -> dict:
     return out
 
 
+def refused(reason: str) -> runs.Record:
+    """The record of a run that was refused before training (an ill-conditioned T̂, say):
+    every protocol's accuracy NaN, the reason kept."""
+    nan = float("nan")
+    return runs.Record({}, {"acc_last": nan, "acc_noisyval": nan, "acc_besttest": nan, "seconds": nan,
+                            "refused": reason})
+
+
 def describe(c: dict, unit: str = " points") -> str:
     """``"+1.40 (95% CI +0.52 to +2.28, 5 seeds): better"``."""
     if c["n"] < 2:
