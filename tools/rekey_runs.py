@@ -1,6 +1,7 @@
 """Move run records to the keys of the current fingerprint rule, without retraining.
 
-    python tools/rekey_runs.py [book/runs]
+    python tools/rekey_runs.py [book/runs]           # move records to the current keys
+    python tools/rekey_runs.py --check [book/runs]   # list records the current code would not find
 
 For a change of *how* a fingerprint is computed (not of what training computes), e.g. the
 canary moving to one thread (:func:`nlutils.runs.run_canary`). For every record it rebuilds
@@ -25,19 +26,35 @@ from nlutils.chapter import identify  # noqa: E402
 from nlutils.recipe import Recipe  # noqa: E402
 
 
+def identity(rec):
+    c = rec.config
+    return identify(setting.parse(c["setting"]), c["method"], model=c["model"], recipe=Recipe(**c["recipe"]),
+                    seed=c["seed"], params=c["params"], model_args=c["model_args"], n_train=c["n_train"],
+                    trusted_per_class=c["trusted_per_class"], val_fraction=c["val_fraction"],
+                    track_train=c["track_train"])
+
+
+def check(directory: Path) -> int:
+    """Every record found under the key the current code computes? (Exit 1 if not.)"""
+    store = runs.RunStore(directory, train=False)
+    stale = 0
+    for path in sorted(directory.glob("*/*.npz")):
+        config, canary, name = identity(runs.load(path))
+        if store.path(config, store.fingerprint(name, canary)) != path:
+            stale += 1
+            print(f"stale: {path}")
+    print(f"{stale} of {len(list(directory.glob('*/*.npz')))} records stale")
+    return 1 if stale else 0
+
+
 def main(directory: Path) -> int:
     store = runs.RunStore(directory, train=False)
     old_fp: dict[str, str] = {}
     moved = kept = stale = 0
     for path in sorted(directory.glob("*/*.npz")):
         rec = runs.load(path)
-        c = rec.config
-        config, canary, name = identify(
-            setting.parse(c["setting"]), c["method"], model=c["model"], recipe=Recipe(**c["recipe"]),
-            seed=c["seed"], params=c["params"], model_args=c["model_args"], n_train=c["n_train"],
-            trusted_per_class=c["trusted_per_class"], val_fraction=c["val_fraction"],
-            track_train=c["track_train"])
-        if runs.canonical(config) != runs.canonical(c):
+        config, canary, name = identity(rec)
+        if runs.canonical(config) != runs.canonical(rec.config):
             print(f"{path}: configuration does not rebuild; left alone")
             stale += 1
             continue
@@ -62,4 +79,6 @@ def main(directory: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "book" / "runs")))
+    args = [a for a in sys.argv[1:] if a != "--check"]
+    folder = Path(args[0] if args else ROOT / "book" / "runs")
+    sys.exit(check(folder) if "--check" in sys.argv[1:] else main(folder))
