@@ -289,9 +289,10 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     ``label_smoothing`` (plain cross-entropy only) and ``tta`` are described in the module
     docstring. ``track_train``: the per-epoch training-set columns (``train_acc``,
     ``memorized``, ...) over every row (``True``), none (``False``), or a fixed random sample
-    of that many rows (an estimate: 10,000 rows put the standard error of a percentage
-    under 0.5 points, at a fifth of the cost of 50,000; the sample does not depend on the
-    seed and does not touch the training stream). ``freeze={"whiten.bias": 3}`` stops training the parameters whose name starts
+    of that many rows (an estimate: a share measured on m rows of the sample has a standard
+    error of at most 50/sqrt(m) points, e.g. 0.8 for the ~4,000 wrong-label rows of a
+    10,000-row sample at 40% noise; the sample does not depend on the seed and does not
+    touch the training stream). ``freeze={"whiten.bias": 3}`` stops training the parameters whose name starts
     with a key after that many epochs (progressive freezing: airbench trains its whitening
     bias for 3 epochs; frozen early layers also skip their share of the backward pass).
     """
