@@ -187,7 +187,7 @@ CHECKS = {
 PATTERNS = (("seeds", _each(_seed, allow_empty=True)), ("_seed", _seed), ("epochs", _positive_int),
             ("steps", _positive_int), ("_alpha", _nonneg_int), ("alphas", _each(_nonneg_int, allow_empty=True)),
             ("_sizes", _each(_positive_int)), ("batch_size", _positive_int), ("_lrs", _each(_positive)),
-            ("_recipe", recipe_name), ("_model", _choice(models.MODELS)))
+            ("_recipe", recipe_name), ("_model", _choice(models.MODELS)), ("_dataset", _choice(data.DATASETS)))
 
 
 def check_for(name: str):

@@ -150,5 +150,19 @@ SMOKE = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-3, batch_
                schedule="triangle", schedule_args=dict(warmup=0.2, start=0.2, end=0.0),
                schedule_per_step=True, augment="none")
 
+#: What L2RW's Adam variant changes in a recipe: Adam at 1e-3 for the real and the virtual
+#: step, no weight decay and no momentum term (the exact Adam meta-gradient of
+#: :mod:`nlutils.methods.reweight` assumes one parameter group without weight decay).
+L2RW_ADAM = dict(optimizer="adam", lr=1e-3, momentum=0.0, nesterov=False, weight_decay=0.0)
+
+
+def for_l2rw(recipe: Recipe, inner: str) -> Recipe:
+    """``recipe`` for L2RW with an ``inner`` (``"sgd"``: the recipe's own optimiser takes the
+    virtual step, as in Ren et al.; ``"adam"``: :data:`L2RW_ADAM`, as in the blog)."""
+    if inner not in ("sgd", "adam"):
+        raise ValueError(f"inner={inner!r} must be 'sgd' or 'adam'")
+    return recipe.replace(**L2RW_ADAM) if inner == "adam" else recipe
+
+
 RECIPES = {"fastcnn": FASTCNN, "fastcnn_noisy": FASTCNN_NOISY, "fastcnn_memo": FASTCNN_MEMO,
            "elr_paper": ELR_PAPER, "smoke": SMOKE}

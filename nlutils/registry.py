@@ -34,7 +34,8 @@ method                 trains / scores
 ``ce``                 cross-entropy on the noisy rows (``with_trusted``: and the trusted
                        rows with their clean labels) / ``1 - p_y``
 ``finetune``           ``ce`` with the trusted rows, then ``finetune_epochs`` on the trusted
-                       rows alone (fresh optimiser, constant rate, epochs as long as ce's)
+                       rows alone (fresh optimiser, constant rate ``finetune_lr``, default the
+                       recipe's, epochs as long as ce's)
                        / ``1 - p_y``
 ``oracle``             cross-entropy on the rows whose label is right / no score
 ``trusted_only``       cross-entropy on the trusted rows, as many steps as ``ce`` / ``1 - p_y``
@@ -82,7 +83,7 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ce", "cross-entropy", defaults=(("with_trusted", False), ("stop_rule", "recipe"))),
     Method("finetune", "cross-entropy, then fine-tuning on the trusted rows", uses_trusted=True,
-           defaults=(("with_trusted", True), ("finetune_epochs", 10))),
+           defaults=(("with_trusted", True), ("finetune_epochs", 10), ("finetune_lr", None))),
     Method("oracle", "cross-entropy on the correctly labelled rows", uses_mask=True),
     Method("trusted_only", "cross-entropy on the trusted rows", uses_trusted=True),
     Method("elr", "Liu et al. 2020", defaults=(("lam", 3.0), ("beta", 0.7))),
@@ -268,6 +269,7 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         tune = train.fit(net, x, problem.labels.clean[trusted], index=trusted,
                          test=(problem.ds.x_test, problem.ds.y_test), val=val, track_train=False,
                          **dict(fit_kw, epochs=prm["finetune_epochs"], lr_schedule=None,
+                                lr=prm["finetune_lr"] or recipe.lr,
                                 steps_per_epoch=steps, batch_size=min(recipe.batch_size, len(trusted)),
                                 desc=f"finetune seed={seed}"))
         history = pd.concat([history, tune.assign(epoch=tune["epoch"] + len(history))],
