@@ -130,7 +130,17 @@ def setting_names(name, v):
         try:
             setting.parse(s)
         except ValueError as e:
-            raise ValueError(f"{name}: {e}") from None
+            raise ValueError(f"{name}={v!r}: {e}") from None
+
+
+def setting_name(name, v):
+    """A check: one setting name of :mod:`nlutils.setting`."""
+    from . import setting
+
+    try:
+        setting.parse(v)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{name}={v!r}: {e}") from None
 
 
 def recipe_name(name, v):

@@ -27,6 +27,12 @@ BAD = [
     ("benchmark", "cleanlab_folds", 1),
     ("foundations", "rates", "[0.2, 1.3]"),
     ("foundations", "seeds", "[0, -1]"),
+    ("gradient_similarity", "ablation_seeds", "[0, -2]"),
+    ("gradient_similarity", "cnn_recipe", "fastcnn_fast"),
+    ("gradient_similarity", "cnn_model", "resnet1000"),
+    ("meta_reweight", "cifar_setting", "cifar10_sym400"),
+    ("meta_reweight", "cifar_per_class", 0),
+    ("meta_reweight", "cifar_seeds", "abc"),
 ]
 
 

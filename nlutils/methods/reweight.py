@@ -113,13 +113,12 @@ def lookahead(model: nn.Module, optimizer: torch.optim.Optimizer | None, inner: 
 def _adam_terms(params, m, v, t, beta1, beta2, lr, eps, higher_eps):
     """Look-ahead point, denominators d and scale; batched over parameters (foreach ops)."""
     b1, b2 = 1 - beta1 ** (t + 1), 1 - beta2 ** (t + 1)
+    d = torch._foreach_mul(v, beta2 if higher_eps else beta2 / b2)  # one new list, then in place
+    torch._foreach_sqrt_(d)
+    torch._foreach_add_(d, eps)
     if higher_eps:  # d = (sqrt(β2 v) + ε) / sqrt(b2)
-        d = torch._foreach_sqrt(torch._foreach_mul(v, beta2))
-        torch._foreach_add_(d, eps)
         torch._foreach_div_(d, math.sqrt(b2))
-    else:           # d = sqrt(β2 v / b2) + ε
-        d = torch._foreach_sqrt(torch._foreach_mul(v, beta2 / b2))
-        torch._foreach_add_(d, eps)
+    # else           d = sqrt(β2 v / b2) + ε
     theta_bar = torch._foreach_addcdiv([p.detach() for p in params], m, d, value=-(lr / b1) * beta1)
     return theta_bar, d, lr * (1 - beta1) / b1
 
@@ -358,7 +357,9 @@ class MetaReweight:
             theta_bar, denom, scale = lookahead(model, self.optimizer, self.inner,
                                                higher_eps=self.higher_eps)
             g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, self.loss_fn, self._linears)
-            u = g_v if denom is None else torch._foreach_div(g_v, denom)
+            if denom is not None:  # u = ∇L_v(θ̄) / d, in place (g_v is a fresh list)
+                torch._foreach_div_(g_v, denom)
+            u = g_v
             dots, tape = _inner_products(model, xb, yb, u, self.loss_fn, self.method, self._linears)
             w = weights_from_meta_gradient(-scale * dots.detach())
             if tape is not None:
