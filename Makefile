@@ -43,6 +43,7 @@ bench: setup
 	$(PY) bench/l2rw_step.py
 	$(PY) bench/gradsim_epoch.py
 	$(PY) bench/cifar_cnn.py
+	$(PY) bench/massive_noise.py
 
 clean:
 	rm -rf _build .cache

@@ -5,7 +5,10 @@
 * floor  — plain + one extra forward/backward on a trusted batch of 128 (what any exact
   method must at least add);
 * fast   — nlutils.methods.reweight.MetaReweight (closed form, Adam and SGD inner steps);
-* higher — the blog's second-order pass through ``higher`` + the weighted backward.
+* higher — the blog's second-order pass through ``higher`` + the weighted backward;
+
+and, on the fast CIFAR network (bf16, ``channels_last``, batch 256), plain, floor and L2RW
+with the SGD virtual step (JVP path), under ``"cnn"``.
 
 Prints ms per step and the ratios to plain; writes bench/results/l2rw_step.json.
 
@@ -21,12 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nlutils import models
+from nlutils import models, train
 from nlutils.methods import reweight
 
 
-def timed(step, n):
-    for _ in range(20):  # warm-up
+def timed(step, n, warmup=20):
+    for _ in range(warmup):
         step()
     t0 = time.perf_counter()
     for _ in range(n):
@@ -34,9 +37,54 @@ def timed(step, n):
     return (time.perf_counter() - t0) / n * 1e3
 
 
+def cnn_costs(steps: int) -> dict:
+    """The same comparison on the fast CIFAR network in the book's training precision (bf16
+    autocast, channels_last; the meta-gradient in float32): plain Nesterov-SGD steps, the
+    floor (plus a trusted forward/backward), and L2RW with the SGD virtual step, whose inner
+    products through the convolutions come from one forward-mode pass (``torch.func.jvp``)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (1024,), generator=g)
+    xv = torch.randn(256, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    yv = torch.randint(0, 10, (256,), generator=g)
+
+    def make(kind):
+        net = models.build("fastcnn", (3, 32, 32), 10, seed=0).to(memory_format=torch.channels_last)
+        opt = train.make_optimizer("sgd", net.parameters(), 0.1, 0.85, 1e-3, nesterov=True)
+        hook = reweight.MetaReweight(opt, xv, yv, inner="sgd", keep_history=False) if kind == "l2rw_sgd" else None
+        batches = iter(())
+
+        def step():
+            nonlocal batches
+            try:
+                rows = next(batches)
+            except StopIteration:
+                batches = iter(torch.randperm(1024, generator=g).split(256))
+                rows = next(batches)
+            xb, yb = x.index_select(0, rows), y.index_select(0, rows)
+            opt.zero_grad(set_to_none=True)
+            with train.autocast("bf16"):
+                if kind == "floor":
+                    torch.autograd.grad(F.cross_entropy(net(xv[:128]).float(), yv[:128]),
+                                        [p for p in net.parameters() if p.requires_grad])
+                if hook is None:
+                    F.cross_entropy(net(xb).float(), yb).backward()
+                else:
+                    hook.step_loss(net, xb, yb, rows)
+            opt.step()
+        return step
+
+    out: dict = {}
+    for _ in range(2):
+        for kind in ("plain", "floor", "l2rw_sgd"):
+            out[kind] = min(timed(make(kind), steps, warmup=3), out.get(kind, float("inf")))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--cnn-steps", type=int, default=15, help="steps per CNN measurement (0: skip)")
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4096, 1, 28, 28, generator=g)
@@ -87,6 +135,12 @@ def main():
            "ratio_to_plain": {k: v / results["plain"] for k, v in results.items()},
            "higher_over_fast_adam": results["higher_adam"] / results["fast_adam"],
            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if args.cnn_steps:
+        cnn = cnn_costs(args.cnn_steps)
+        print("L2RW step cost, fastcnn (bf16, channels_last), batch 256, trusted batch 128")
+        for kind, ms in cnn.items():
+            print(f"  {kind:12s} {ms:7.1f} ms/step   {ms / cnn['plain']:5.2f}x plain")
+        out["cnn"] = {"ms_per_step": cnn, "ratio_to_plain": {k: v / cnn["plain"] for k, v in cnn.items()}}
     res = Path(__file__).with_name("results")
     res.mkdir(exist_ok=True)
     (res / "l2rw_step.json").write_text(json.dumps(out, indent=2) + "\n")
