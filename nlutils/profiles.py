@@ -195,7 +195,8 @@ CHECKS = {
 #: checks by the shape of a name, for the parameters a chapter adds (``higher_seeds``,
 #: ``ablation_epochs``, ``conv_steps``, ``blog_alpha``, ...): (suffix, check)
 PATTERNS = (("seeds", _each(_seed, allow_empty=True)), ("_seed", _seed), ("epochs", _positive_int),
-            ("steps", _positive_int), ("_alpha", _nonneg_int), ("alphas", _each(_nonneg_int, allow_empty=True)),
+            ("steps", _positive_int), ("examples", _positive_int), ("_per_batch", _positive_int),
+            ("_alpha", _nonneg_int), ("alphas", _each(_nonneg_int, allow_empty=True)),
             ("_sizes", _each(_positive_int)), ("batch_size", _positive_int), ("_lrs", _each(_positive)),
             ("_recipe", recipe_name), ("_model", _choice(models.MODELS)), ("_dataset", _choice(data.DATASETS)))
 

@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (chapter, parameter, value as `papermill -p` passes it)
 BAD = [
-    ("massive_noise", "steps", 0),
+    ("massive_noise", "max_examples", 0),
+    ("massive_noise", "clean_per_batch", 0),
+    ("massive_noise", "conv_alphas", "[0, -5]"),
     ("massive_noise", "blog_alpha", -1),
     ("massive_noise", "finding_alpha", -1),
     ("meta_reweight", "higher_seeds", "abc"),
