@@ -28,6 +28,12 @@ from nlutils import models, train
 from nlutils.methods import reweight
 
 
+def batch_cycle(n, batch, g):
+    """Batches of row indices, reshuffled every pass, for ever."""
+    while True:
+        yield from torch.randperm(n, generator=g).split(batch)
+
+
 def timed(step, n, warmup=20):
     for _ in range(warmup):
         step()
@@ -52,15 +58,10 @@ def cnn_costs(steps: int) -> dict:
         net = models.build("fastcnn", (3, 32, 32), 10, seed=0).to(memory_format=torch.channels_last)
         opt = train.make_optimizer("sgd", net.parameters(), 0.1, 0.85, 1e-3, nesterov=True)
         hook = reweight.MetaReweight(opt, xv, yv, inner="sgd", keep_history=False) if kind == "l2rw_sgd" else None
-        batches = iter(())
+        batches = batch_cycle(1024, 256, g)
 
         def step():
-            nonlocal batches
-            try:
-                rows = next(batches)
-            except StopIteration:
-                batches = iter(torch.randperm(1024, generator=g).split(256))
-                rows = next(batches)
+            rows = next(batches)
             xb, yb = x.index_select(0, rows), y.index_select(0, rows)
             opt.zero_grad(set_to_none=True)
             with train.autocast("bf16"):
@@ -95,7 +96,7 @@ def main():
     def make(kind):
         net = models.build("mlp", (1, 28, 28), 10, seed=0)
         opt = torch.optim.Adam(net.parameters(), lr=6e-4, fused=True)
-        batches = iter(())
+        batches = batch_cycle(4096, 128, g)
         hook = None
         if kind in ("fast_adam", "fast_sgd", "higher_adam"):
             inner = "sgd" if kind == "fast_sgd" else "adam"
@@ -105,12 +106,7 @@ def main():
             hook = reweight.MetaReweight(opt, xv, yv, inner=inner, method=method, keep_history=False)
 
         def step():
-            nonlocal batches
-            try:
-                rows = next(batches)
-            except StopIteration:
-                batches = iter(torch.randperm(4096, generator=g).split(128))
-                rows = next(batches)
+            rows = next(batches)
             xb, yb = x.index_select(0, rows), y.index_select(0, rows)
             opt.zero_grad(set_to_none=True)
             if kind == "floor":
