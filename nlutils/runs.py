@@ -30,7 +30,11 @@ record is read back from its file, so a chapter sees the same numbers whether it
 computed a run or found it), committed with
 the book so that a chapter's compute can be spread over days and machines. Set
 ``NLUTILS_TRAIN=off`` (or ``RunStore(train=False)``) to forbid training: a missing record
-then raises :class:`MissingRun` (CI rebuilds the book that way).
+then raises :class:`MissingRun` (CI rebuilds the book that way). A long computation stops
+between two runs, never inside one, when the stop file exists (``<directory>/STOP``, or the
+file named by ``NLUTILS_STOP``): the next run that would have to be computed raises
+:class:`Stopped` instead (stored records are still served), so that workers can be ended
+before a deadline without losing work (``touch book/runs/STOP``; delete it to go on).
 """
 from __future__ import annotations
 
@@ -51,6 +55,15 @@ import torch
 
 class MissingRun(RuntimeError):
     """A run that is not stored, while training is switched off."""
+
+
+class Stopped(RuntimeError):
+    """A run that is not stored, while the stop file exists."""
+
+
+def stop_file(directory: Path) -> Path:
+    """The file whose existence stops new runs: ``$NLUTILS_STOP``, else ``<directory>/STOP``."""
+    return Path(os.environ.get("NLUTILS_STOP") or Path(directory) / "STOP")
 
 
 @dataclass
@@ -199,6 +212,8 @@ class RunStore:
                              f"{self.directory}, and training is switched off")
         if rec is None:  # another worker may be computing it right now
             rec = self._wait_for_other(config, fp)
+        if rec is None and stop_file(self.directory).exists():
+            raise Stopped(f"not starting {canonical(config)}: {stop_file(self.directory)} exists")
         if rec is not None:
             self.hits += 1
         else:

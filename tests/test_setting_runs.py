@@ -238,3 +238,20 @@ def test_two_workers_never_compute_one_run_twice(tmp_path):
     stale.write_text(str(other.pid))  # that process is gone
     rec = store.run(config2, lambda: ({"acc": 3.0}, None, {}))
     assert rec.metrics == {"acc": 3.0} and not stale.exists()
+
+
+def test_stop_file_ends_a_computation_between_runs(tmp_path, monkeypatch):
+    """With the stop file present (<runs>/STOP), stored records are still served and the
+    next run to compute raises Stopped before it starts; without it, it is computed."""
+    store = runs.RunStore(tmp_path / "runs", train=True)
+    done = store.run({"method": "ce", "seed": 0}, lambda: ({"acc": 1.0}, None, {}))
+    monkeypatch.delenv("NLUTILS_STOP", raising=False)
+    stop = tmp_path / "runs" / "STOP"  # the default: the store's own folder
+    calls = []
+    new = {"method": "ce", "seed": 1}
+    assert store.run(new, lambda: calls.append(1) or ({"acc": 2.0}, None, {})).metrics == {"acc": 2.0}
+    stop.write_text("")
+    assert store.run({"method": "ce", "seed": 0}, lambda: 1 / 0).metrics == done.metrics
+    with pytest.raises(runs.Stopped, match="STOP"):
+        store.run({"method": "ce", "seed": 2}, lambda: calls.append(2) or ({"acc": 3.0}, None, {}))
+    assert calls == [1] and not store.path({"method": "ce", "seed": 2}).exists()
