@@ -23,12 +23,35 @@ def is_pct(v):
 
 def test_elr_metrics():
     m = load("elr")
+    assert m["model"] == "fastcnn" and m["n_train"] == 50000
     for method in ("ce", "elr"):
         for setting in ("sym20", "sym40", "sym60", "sym80", "asym40"):
             cell = m["acc"][method][setting]
             assert is_pct(cell["mean"]) and cell["std"] >= 0
+            assert cell["n"] >= (3 if setting == "sym40" else 2)
         assert is_pct(m["memorized_final"][method]["mean"])
+        for setting in ("sym40", "asym40"):  # the paper's table regime (augmentation)
+            cell = m["acc_aug"][method][setting]
+            assert is_pct(cell["mean"]) and cell["n"] >= 3
     assert is_pct(m["identification"]["precision"]) and is_pct(m["identification"]["recall"])
+    assert is_pct(m["elr_plus"]["acc"]["mean"]) and m["elr_plus"]["acc"]["n"] >= 2
+
+
+def test_gradient_similarity_metrics():
+    m = load("gradient_similarity")
+    for method in ("vanilla", "gradsim", "oracle"):
+        assert is_pct(m["last5_acc"][method]["mean"]) and m["last5_acc"][method]["n"] == 5
+    g = m["gain_vs_vanilla"]
+    assert g["low"] <= g["mean"] <= g["high"] and g["n"] == 5
+    assert m["ablations"]["variants"], "no ablation ran"
+    for v in m["ablations"]["variants"]:
+        assert v["epochs"] == 30 and len(v["seeds"]) >= 3, (v["family"], v["variant"])
+        assert v["vs_vanilla"]["low"] <= v["vs_vanilla"]["high"]
+    assert {r["clean"] for r in m["ablations"]["clean_ratio"]} == {0.2, 0.4, 0.6, 0.8}
+    assert m["cnn"]["model"] == "fastcnn" and len(m["cnn"]["seeds"]) >= 3
+    for method in ("vanilla", "gradsim", "oracle"):
+        assert is_pct(m["cnn"][method]["acc_last"]["mean"])
+    assert 0 < m["epoch_cost_ratio"] <= 1.15
 
 
 def test_loss_correction_metrics():
