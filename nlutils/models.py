@@ -93,8 +93,11 @@ def conv4(input_shape, num_classes):
     c, h, w = input_shape
     layers: list[nn.Module] = []
     for cout in (32, 64, 128, 256):
-        layers += [nn.Conv2d(c, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        c, h, w = cout, h // 2, w // 2
+        layers += [nn.Conv2d(c, cout, 3, padding=1), nn.ReLU()]
+        if min(h, w) >= 2:  # 28 -> 14 -> 7 -> 3 -> 1 on MNIST; small inputs keep a 1x1 map
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        c = cout
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, 1000), nn.ReLU(),
                          nn.Linear(1000, num_classes))
 
