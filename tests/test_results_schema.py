@@ -29,6 +29,28 @@ def test_elr_metrics():
             assert is_pct(cell["mean"]) and cell["std"] >= 0
         assert is_pct(m["memorized_final"][method]["mean"])
     assert is_pct(m["identification"]["precision"]) and is_pct(m["identification"]["recall"])
+    # the papers' regime: the fast CNN on CIFAR-10's training images (minus the held-out rows)
+    assert m["model"] == "fastcnn" and 45_000 <= m["n_train"] <= 50_000
+    for method in ("ce", "elr"):
+        for setting in ("sym20", "sym40", "sym60", "sym80", "asym40"):
+            assert m["acc"][method][setting]["n"] >= (3 if setting == "sym40" else 2), (method, setting)
+        for setting in ("sym40", "asym40"):
+            cell = m["acc_aug"][method][setting]
+            assert is_pct(cell["mean"]) and cell["n"] >= 3, (method, setting)
+    assert is_pct(m["elr_plus"]["acc"]["mean"]) and m["elr_plus"]["acc"]["n"] >= 2
+
+
+@pytest.mark.xfail(strict=True, reason="conv4's alpha grid is still being recorded in book/runs; "
+                   "strict: once the rebuilt chapter has the whole grid this passes and the mark must go")
+def test_massive_noise_metrics():
+    m = load("massive_noise")
+    alphas = {"0", "1", "5", "10", "20", "50", "100"}
+    for model in ("perceptron", "mlp1", "mlp2", "mlp4", "conv4"):
+        assert set(m["acc"][model]) == alphas, model  # every model at every alpha of the grid
+        assert all(is_pct(v) for v in m["acc"][model].values()), model
+        assert set(m["stopped_by"][model]) == alphas
+        assert set(m["stopped_by"][model].values()) <= {"patience", "budget"}, model
+        assert m["throughput"][model] > 0
 
 
 def test_gradient_similarity_metrics():
