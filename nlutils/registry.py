@@ -42,7 +42,8 @@ method                 trains / scores
 ``elr``                :class:`elr.ELRLoss` (``lam``, ``beta``) / ``1 - t_y`` (target)
 ``elr_plus``           :class:`elr_plus.ELRPlus` / ``1 - mean target_y``
 ``forward``,           :class:`correction.ForwardCorrection` / ``BackwardCorrection`` with
-``backward``           ``params["T"]`` (the true or an estimated T) / posterior of a wrong label
+``backward``           ``params["T"]`` (the true or an estimated T; backward: ``nonneg``, the
+                       max-operator correction) / posterior of a wrong label
 ``bootstrap_soft``,    :mod:`robust_losses` / ``1 - p_y``
 ``bootstrap_hard``,
 ``unhinged``,
@@ -90,7 +91,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("elr_plus", "Liu et al. 2020", defaults=(("lam", 3.0), ("beta", 0.7),
                                                     ("mixup_alpha", 1.0), ("ema_decay", 0.997))),
     Method("forward", "Patrini et al. 2017", defaults=(("T", None),)),
-    Method("backward", "Patrini et al. 2017", defaults=(("T", None),)),
+    Method("backward", "Patrini et al. 2017", defaults=(("T", None), ("nonneg", False))),
     Method("bootstrap_soft", "Reed et al. 2014"), Method("bootstrap_hard", "Reed et al. 2014"),
     Method("unhinged", "van Rooyen et al. 2015"), Method("sigmoid", "Ghosh et al. 2015"),
     Method("savage", "Masnadi-Shirazi & Vasconcelos 2009"),
@@ -220,8 +221,8 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
                                .clamp_min(1e-12)).gather(1, labels.view(-1, 1)).squeeze(1)
     elif method in ("forward", "backward"):
         T = torch.as_tensor(prm["T"], dtype=torch.float64)
-        cls = correction.ForwardCorrection if method == "forward" else correction.BackwardCorrection
-        hook["loss_fn"] = cls(T)
+        hook["loss_fn"] = (correction.ForwardCorrection(T) if method == "forward"
+                           else correction.BackwardCorrection(T, nonneg=prm["nonneg"]))
         after = lambda probs: detection.posterior_noisy(probs, labels, T)
     elif method in LOSSES:
         hook["loss_fn"] = LOSSES[method]

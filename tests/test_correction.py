@@ -45,6 +45,34 @@ def test_backward_is_unbiased_under_the_noise():
         assert torch.allclose(expected, F.cross_entropy(z, torch.full((3,), y), reduction="none"))
 
 
+def test_nonneg_backward_is_the_sum_of_the_positive_partial_risks():
+    """Batch mean = sum_j max(0, R_j), R_j = mean_i (T^-1)[ỹ_i, j] ℓ(e^j, p_i) (Ishida et al. 2019);
+    a label j whose partial risk is negative gets no gradient; with no negative R_j it is
+    the plain backward loss."""
+    T = _T(3, 0.6)  # strongly negative off-diagonal entries in T^-1
+    T_inv = torch.linalg.inv(T)
+    y = torch.tensor([0, 0, 0, 1])
+    z = torch.tensor([[-9.0, 0.0, 0.0], [-9.0, 0.0, 0.0], [-9.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+                     dtype=torch.float64, requires_grad=True)
+    terms = T_inv[y] * -z.softmax(1).log()
+    R = terms.mean(0)
+    assert (R < 0).any() and (R > 0).any()  # the case the correction is for
+    out = correction.backward_loss(z, y, T_inv, nonneg=True)
+    assert torch.allclose(out.mean(), R.clamp_min(0).sum())
+    assert out.mean() > correction.backward_loss(z, y, T_inv).mean()
+    # the negative partial risks carry no gradient: same gradient as the kept terms alone
+    out.mean().backward()
+    keep = (R >= 0).detach()
+    z2 = z.detach().clone().requires_grad_(True)
+    ((T_inv[y] * -z2.softmax(1).log()) * keep).sum(1).mean().backward()
+    assert torch.allclose(z.grad, z2.grad)
+    # no negative partial risk: identical to the plain correction, per example
+    z3, y3 = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 3, (8,))
+    eye = torch.eye(3, dtype=torch.float64)
+    assert torch.allclose(correction.BackwardCorrection(eye, nonneg=True)(z3, y3),
+                          correction.backward_loss(z3, y3, eye))
+
+
 def test_singular_or_bad_T_is_refused():
     with pytest.raises(ValueError, match="singular or ill-conditioned"):
         correction.BackwardCorrection(torch.full((3, 3), 1 / 3))

@@ -15,6 +15,20 @@ and the loss of an example with noisy label :math:`\tilde y` is the :math:`\tild
 Backward is unbiased for any loss but its weights :math:`T^{-1}` can be large and negative;
 forward "noisifies" the prediction and needs a proper composite loss (cross-entropy is).
 
+**Non-negative backward correction.** Split the backward-corrected risk of a batch by the
+candidate true label :math:`j`,
+
+.. math::
+
+    \hat R = \sum_j \hat R_j, \qquad
+    \hat R_j = \frac1n \sum_i (T^{-1})_{\tilde y_i j}\, \ell(e^j, p_i),
+
+each :math:`\hat R_j` estimating :math:`E[\mathbb 1\{y = j\}\, \ell(e^j, p)] \ge 0`. A flexible
+network drives some :math:`\hat R_j` below zero, which only over-fitting can do; the
+max-operator correction of Ishida et al. (ICML 2019, after Kiryo et al.'s non-negative PU
+risk, NeurIPS 2017) trains on :math:`\sum_j \max(0, \hat R_j)` instead
+(``backward_loss(..., nonneg=True)``).
+
 :math:`T` is rarely known. The estimator assumes "perfect examples": for every class
 :math:`i`, an :math:`\bar x^i` that surely belongs to :math:`i`, so that a network trained on
 the noisy labels predicts :math:`p(\tilde y \mid \bar x^i) = T_{i,:}`:
@@ -77,10 +91,18 @@ def forward_loss(logits, labels, T, base: Callable = cross_entropy_vector) -> to
     return base(p_noisy).gather(1, labels.view(-1, 1)).squeeze(1)
 
 
-def backward_loss(logits, labels, T_inv, base: Callable = cross_entropy_vector) -> torch.Tensor:
-    """Per-example :math:`(T^{-1}\\boldsymbol\\ell(p))_{\\tilde y}`; pass the *inverse* of T."""
+def backward_loss(logits, labels, T_inv, base: Callable = cross_entropy_vector,
+                  nonneg: bool = False) -> torch.Tensor:
+    """Per-example :math:`(T^{-1}\\boldsymbol\\ell(p))_{\\tilde y}`; pass the *inverse* of T.
+
+    ``nonneg``: drop, for the whole batch, the terms of every candidate label :math:`j` whose
+    partial risk :math:`\\hat R_j` is negative, so that the batch mean is
+    :math:`\\sum_j \\max(0, \\hat R_j)` (Ishida et al. 2019)."""
     T_inv = torch.as_tensor(T_inv, dtype=logits.dtype, device=logits.device)
-    return (T_inv[labels] * base(logits.softmax(1))).sum(1)
+    terms = T_inv[labels] * base(logits.softmax(1))     # (n, c): (T^-1)_{ỹ_i j} ℓ(e^j, p_i)
+    if nonneg:
+        terms = terms * (terms.mean(0) >= 0).detach()    # keep label j iff R̂_j >= 0
+    return terms.sum(1)
 
 
 class ForwardCorrection(nn.Module):
@@ -96,15 +118,19 @@ class ForwardCorrection(nn.Module):
 
 
 class BackwardCorrection(nn.Module):
-    """Backward-corrected loss as a module; :math:`T^{-1}` is computed once, in float64."""
+    """Backward-corrected loss as a module; :math:`T^{-1}` is computed once, in float64.
+    ``nonneg=True``: the non-negative (max-operator) correction, whose per-example values
+    depend on the batch (use their mean)."""
 
-    def __init__(self, T, base: Callable = cross_entropy_vector, max_condition: float = 1e6):
+    def __init__(self, T, base: Callable = cross_entropy_vector, max_condition: float = 1e6,
+                 nonneg: bool = False):
         super().__init__()
         self.register_buffer("T_inv", torch.linalg.inv(check_invertible(T, max_condition)).float())
         self.base = base
+        self.nonneg = nonneg
 
     def forward(self, logits, labels, rows=None):
-        return backward_loss(logits, labels, self.T_inv, self.base)
+        return backward_loss(logits, labels, self.T_inv, self.base, self.nonneg)
 
 
 def estimate_T(probs: torch.Tensor, percentile: float | None = 97.0) -> torch.Tensor:
