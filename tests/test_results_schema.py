@@ -40,8 +40,6 @@ def test_elr_metrics():
     assert is_pct(m["elr_plus"]["acc"]["mean"]) and m["elr_plus"]["acc"]["n"] >= 2
 
 
-@pytest.mark.xfail(strict=True, reason="conv4's alpha grid is still being recorded in book/runs; "
-                   "strict: once the rebuilt chapter has the whole grid this passes and the mark must go")
 def test_massive_noise_metrics():
     m = load("massive_noise")
     alphas = {"0", "1", "5", "10", "20", "50", "100"}
