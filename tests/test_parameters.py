@@ -26,6 +26,7 @@ BAD = [
     ("benchmark", "trusted_per_class", -5),
     ("elr", "track_rows", -1),
     ("loss_correction", "bounded_lrs", "[0.1, -1]"),
+    ("loss_correction", "fixed_decay_lrs", "[]"),
     ("benchmark", "cleanlab_folds", 1),
     ("foundations", "rates", "[0.2, 1.3]"),
     ("foundations", "seeds", "[0, -1]"),
