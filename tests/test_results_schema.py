@@ -68,16 +68,21 @@ def test_gradient_similarity_metrics():
     assert 0 < m["epoch_cost_ratio"] <= 1.15
 
 
+@pytest.mark.xfail(strict=True, reason="the loss-correction chapter's results file is the MLP one until "
+                   "the chapter is re-executed from its fast-CNN run records")
 def test_loss_correction_metrics():
     m = load("loss_correction")
+    assert m["model"] == "fastcnn" and m["n_train"] >= 40000
     losses = ("ce", "unhinged", "sigmoid", "savage", "bootstrap_soft", "bootstrap_hard",
-              "backward_T", "backward_That", "forward_T", "forward_That")
+              "backward_T", "backward_That", "forward_T", "forward_That", "nnbackward_T", "nnbackward_That")
     for loss in losses:
         for setting in ("none", "sym0.2", "asym0.2", "asym0.6"):
             v = m["cifar10"][loss][setting]["mean"]
             assert is_pct(v) or math.isnan(v)  # NaN only for a refused (ill-conditioned) T̂
+            assert m["cifar10"][loss][setting]["n"] >= 2 or math.isnan(v), (loss, setting)
         assert m["mnist"][loss]
     assert m["T_hat_error"]["cifar10"]["asym0.6"]["robust"] >= 0
+    assert set(m["bounded_lr"]) == {"unhinged", "sigmoid", "savage"}
 
 
 def test_benchmark_metrics():
