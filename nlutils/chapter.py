@@ -174,8 +174,9 @@ class Chapter:
         """One method on one seed of one setting: the record from ``book/runs`` or a new
         run (:func:`registry.run`). The key is what the run is — setting, method and its
         parameters, model, recipe, seed, splits — not which chapter asked for it, so two
-        chapters that run the same configuration share one record; the fingerprint is the
-        method's canary on this model and recipe (:func:`registry.canary`)."""
+        chapters that run the same configuration share one record; it is served while the
+        method's canary on this model and recipe (:func:`registry.canary`) agrees with the
+        one stored in it."""
         s = setting_lib.parse(setting) if isinstance(setting, str) else setting
         config, canary, name = identify(s, method, model=model, recipe=recipe, seed=seed,
                                         params=params, model_args=model_args, n_train=n_train,
@@ -189,7 +190,7 @@ class Chapter:
                                 params=params, model_args=model_args, device=device,
                                 track_train=track_train)
 
-        return self.store.run(config, compute, canary=canary, canary_name=name)
+        return self.store.run(config, compute, canary=canary, canary_name=name, device=device)
 
     # ------------------------------------------------------------ numbers
     def glue(self, name: str, value, *, metric: bool = True, display: bool = False):
@@ -220,7 +221,15 @@ class Chapter:
                             headline=headline, claims=self.claims,
                             compute_seconds=self.store.seconds,
                             runs=sorted(str(p.relative_to(self.store.directory))
-                                        for p in self.store.used.values()))
+                                        for p in self.store.used.values()),
+                            machines=self.machine_counts())
+
+    def machine_counts(self) -> dict:
+        """``{where: number of runs}`` over the runs this chapter used (their ``made_on``)."""
+        counts: dict[str, int] = {}
+        for where in self.store.machines.values():
+            counts[where] = counts.get(where, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
     def reproduce_box(self):
         """The "Reproduce this chapter" admonition (:func:`results.reproduce_box`)."""

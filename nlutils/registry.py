@@ -25,8 +25,10 @@ best test epoch: the optimistic protocol of leaderboards, never used to choose a
 and ``memorized_final`` (percent of wrongly labelled rows predicted as their wrong label).
 
 :func:`canary` runs the same code path (method, model family, recipe: precision,
-augmentation, smoothing, schedule) on 64 synthetic images for two steps and returns the
-numbers it produced: the fingerprint of a run record (see :mod:`nlutils.runs`).
+augmentation, smoothing, schedule) on 64 synthetic images for two steps, once in float64
+(the values) and once at the recipe's precision under :class:`PrecisionTrace` (which
+functions compute in bf16): what a run record's freshness is checked against (see
+:mod:`nlutils.runs`).
 
 =====================  =====================================================================
 method                 trains / scores
@@ -164,12 +166,14 @@ def build_model(model: str, problem: Problem, seed: int, model_args: dict | None
 
 def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         params: dict | None = None, model_args: dict | None = None, device="cpu",
-        progress: bool | None = None, track_train: bool | int = True):
-    """Train ``method`` on ``problem``; returns ``(metrics, history, arrays)``."""
+        progress: bool | None = None, track_train: bool | int = True, keep: dict | None = None):
+    """Train ``method`` on ``problem``; returns ``(metrics, history, arrays)``. ``keep``: a
+    dict that receives the trained network under ``"model"`` (the canary reads it)."""
     prm = method_params(method, params)
+    keep = {} if keep is None else keep
     if problem.image is not None:
         return _run_copies(problem, method, prm, model=model, recipe=recipe, seed=seed,
-                           model_args=model_args, device=device, progress=progress)
+                           model_args=model_args, device=device, progress=progress, keep=keep)
     if prm.get("stop_rule", "recipe") != "recipe":
         raise ValueError("stop_rule='blog' is the massive-noise blog's rule, for alpha settings only")
     if recipe.label_smoothing and method not in ("ce", "oracle", "trusted_only", "finetune", "cleanlab_retrain"):
@@ -306,11 +310,12 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         w = detection.mean_by_row([(r, v) for r, v in weight_log if len(r)], len(train_rows))
         arrays["weight"] = w
         arrays["score"] = -w.nan_to_num(0.0)
+    keep["model"] = net
     return metrics, history, arrays
 
 
 def _run_copies(problem: Problem, method: str, prm: dict, *, model, recipe, seed, model_args,
-                device, progress):
+                device, progress, keep: dict):
     """Cross-entropy on a massive-noise problem (rows mapped to images, Rolnick et al.):
     validation on the *clean* held-out images, early stopping by the recipe's patience
     with the best weights restored; or (``stop_rule="blog"``) the blog's rule: full passes,
@@ -345,6 +350,7 @@ def _run_copies(problem: Problem, method: str, prm: dict, *, model, recipe, seed
                    throughput=steps * recipe.batch_size / max(float(h["seconds"].sum()), 1e-9))
     if "val_acc" in h:
         metrics["val_best"] = float(h["val_acc"].max())
+    keep["model"] = net
     return metrics, h, {}
 
 
@@ -398,14 +404,17 @@ def _protocol_metrics(h, recipe: Recipe | None = None) -> dict:
 
 # ----------------------------------------------------------------- canaries
 
-CANARY_COLUMNS = ("loss", "train_acc", "train_acc_true", "memorized", "test_acc", "test_acc_tta",
-                  "val_acc")
+# what a canary compares: continuous numbers only (a count such as an accuracy can flip with
+# one last-bit difference; a loss or a probability moves by that difference and no more)
+CANARY_COLUMNS = ("loss",)
 CANARY_ARRAYS = ("score", "weight")
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def synthetic_problem(input_shape, num_classes: int = 10, n: int = 64, seed: int = 0) -> Problem:
     """64 random images of ``input_shape`` with 40% symmetric noise, 2 trusted and 1
-    validation example per class... enough to walk every code path, nothing to learn."""
+    validation example per class... enough to walk every code path, nothing to learn.
+    The images are made in the default dtype (float64 inside :func:`canary`'s values run)."""
     g = torch.Generator().manual_seed(seed)
     c, h, w = input_shape
     x = torch.randn(n, c, h, w, generator=g)
@@ -420,13 +429,56 @@ def synthetic_problem(input_shape, num_classes: int = 10, n: int = 64, seed: int
                    ds, nl, rows, trusted, val)
 
 
+class PrecisionTrace(torch.overrides.TorchFunctionMode):
+    """Which torch functions see or make a low-precision (bf16/fp16) tensor, and in which
+    dtypes: ``counts[(function, input dtypes, output dtypes)]``. Only the calls the code makes
+    itself are seen (a function's own inner calls are not), and dtypes follow autocast's op
+    lists, not the processor's kernels: the same code gives the same trace on every CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: dict = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = torch.utils._pytree.tree_leaves
+
+        def dtypes(obj):
+            return tuple(str(t.dtype).replace("torch.", "") for t in leaves(obj)
+                         if isinstance(t, torch.Tensor) and t.is_floating_point())
+        ins, outs = tuple(sorted(set(dtypes((args, kwargs))))), dtypes(out)
+        if any(getattr(torch, d) in LOW_PRECISION for d in ins + outs):
+            name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+            key = (name, ins, outs)
+            self.counts[key] = self.counts.get(key, 0) + 1
+        return out
+
+    def digest(self) -> str:
+        import hashlib
+        text = "\n".join(f"{k[0]}({','.join(k[1])})->{','.join(k[2])} x{n}"
+                         for k, n in sorted(self.counts.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def canary(method: str, *, model: str, recipe: Recipe, input_shape=(3, 32, 32),
            params: dict | None = None, model_args: dict | None = None, num_classes: int = 10,
            copies: bool = False):
-    """The numbers a two-step run of this exact code path produces on synthetic data (the
-    recipe with 2 epochs of one batch of 32 rows... the schedule and hooks included).
-    ``copies``: the massive-noise path (every image twice, the copy with a random label)."""
-    def compute():
+    """What this exact code path computes, in a form that travels between processors: the
+    recipe for 2 epochs of one batch of 32 rows on :func:`synthetic_problem` (schedule,
+    augmentation, hooks, freezing, validation included), run twice.
+
+    * ``values``: the run in **float64** (default dtype float64, no autocast): the two steps'
+      losses, the trained network's logits on the 16 test images and the per-row arrays
+      (scores, weights). Float64 leaves processors' summation orders ~1e-13 apart, far inside
+      :data:`nlutils.runs.RTOL`, while any change of what the code computes (a loss, an
+      initialisation, a schedule, an augmentation, a default) moves them by far more.
+    * ``trace``: the run at the recipe's own precision under :class:`PrecisionTrace`: which
+      functions compute in bf16 and where float32 takes over (the precision rule, which a
+      float64 run cannot show), as a digest. Processor-independent; no value is compared.
+
+    ``copies``: the massive-noise path (every image twice, the copy with a random label).
+    Run it through :func:`nlutils.runs.run_canary` (one thread, the global RNG forked)."""
+    def one(r: Recipe):
         problem = synthetic_problem(input_shape, num_classes)
         if copies:
             g = torch.Generator().manual_seed(1)
@@ -435,12 +487,26 @@ def canary(method: str, *, model: str, recipe: Recipe, input_shape=(3, 32, 32),
             problem.row_labels = torch.cat([problem.labels.clean[rows],
                                             torch.randint(0, num_classes, (len(rows),), generator=g)])
             problem.train = torch.arange(len(problem.image))
-        r = recipe.replace(epochs=2, batch_size=32, steps_per_epoch=None if recipe.steps_per_epoch is None else 1)
-        metrics, history, arrays = run(problem, method, model=model, recipe=r, seed=0,
-                                       params=params, model_args=model_args, progress=False)
-        # what training computed: losses, accuracies and the per-row arrays (not timings, not
-        # the diagnostics columns, which a chapter may add to without changing any number)
-        cols = [c for c in CANARY_COLUMNS if c in history.columns]
-        return [history[cols].to_numpy(), *[torch.as_tensor(arrays[k]) for k in CANARY_ARRAYS
-                                            if k in arrays]]
+        keep: dict = {}
+        _, history, arrays = run(problem, method, model=model, recipe=r, seed=0, params=params,
+                                 model_args=model_args, progress=False, keep=keep)
+        return problem, history, arrays, keep["model"]
+
+    def compute():
+        r = recipe.replace(epochs=2, batch_size=32,
+                           steps_per_epoch=None if recipe.steps_per_epoch is None else 1)
+        before = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            problem, history, arrays, net = one(r.replace(precision="fp32"))
+            values = {f"history.{c}": history[c].to_numpy() for c in CANARY_COLUMNS if c in history}
+            values["test_logits"] = train.predict(net, problem.ds.x_test).double().numpy()
+            values.update({k: torch.as_tensor(arrays[k]).double().numpy() for k in CANARY_ARRAYS
+                           if k in arrays})
+        finally:
+            torch.set_default_dtype(before)
+        trace = PrecisionTrace()
+        with trace:
+            one(r)
+        return {"values": values, "trace": trace.digest()}
     return compute

@@ -123,11 +123,13 @@ def result_path(chapter: str, profile: str = "book", directory=None) -> Path:
 def save(chapter: str, metrics: dict, *, profile: str, parameters: dict | None = None,
          seeds=None, run_seconds: float | None = None, directory=None,
          headline: list[dict] | None = None, compute_seconds: float | None = None,
-         claims: list[dict] | None = None, runs: list[str] | None = None) -> Path:
+         claims: list[dict] | None = None, runs: list[str] | None = None,
+         machines: dict | None = None) -> Path:
     """Write the chapter's record to :func:`result_path` and return the path. ``headline``:
     ``[{"what", "ours", "reference", "source"}]`` rows for the landing page's table;
     ``compute_seconds``: the compute time of the chapter's runs (``RunStore.seconds``), which
-    stays meaningful when this execution was served from the run records."""
+    stays meaningful when this execution was served from the run records; ``machines``:
+    ``{where: number of runs}``, the machines that made the chapter's run records."""
     path = result_path(chapter, profile, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"chapter": chapter, "profile": profile,
@@ -139,6 +141,8 @@ def save(chapter: str, metrics: dict, *, profile: str, parameters: dict | None =
         record["claims"] = _jsonable(claims)
     if runs is not None:
         record["runs"] = list(runs)  # the run records (under book/runs) this page was made from
+    if machines is not None:
+        record["machines"] = dict(machines)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
     tmp.replace(path)
@@ -196,5 +200,12 @@ def reproduce_box(chapter: str, profiles=("smoke", "book", "paper"), directory=N
                   f"{prov.get('nlutils_version')} (source `{prov.get('nlutils_source')}`), torch "
                   f"{prov.get('torch_version')}, seeds {prov.get('seeds')}. Its headline numbers "
                   f"are in `book/results/{chapter}.json`."]
+        if rec.get("machines"):
+            n = sum(rec["machines"].values())
+            lines += ["", f"Its {n} run record{'s' if n != 1 else ''} (`book/runs/`) were made on: "
+                      + "; ".join(f"{where} — {k} run{'s' if k != 1 else ''}"
+                                  for where, k in rec["machines"].items())
+                      + ". Bits differ between machines; `tools/verify_runs.py` re-trains recorded "
+                        "runs on yours and compares them with the seed-to-seed spread."]
     lines.append(":::")
     return Markdown("\n".join(lines))

@@ -1,5 +1,5 @@
-"""Run records: every finished training run as a small file, keyed by what the run *is* and
-by what the code *computes*.
+"""Run records: every finished training run as a small file, keyed by what the run *is*,
+and served only while the code still computes what made it.
 
 A chapter asks for a run by its configuration, a JSON-able dict (setting, method and its
 parameters, model, recipe, seed, ...). :meth:`RunStore.run` returns the stored record or
@@ -7,34 +7,57 @@ computes it, stores it and returns it. A record holds the run's metrics (a dict)
 per-epoch history (a DataFrame) and optional per-example arrays (noisiness scores, weights:
 stored as float16 unless asked otherwise); never weights of a network.
 
-The key is ``sha256(config, fingerprint)``. The *fingerprint* is not a hash of source text:
-it is the hash of the exact bytes that a tiny **canary** computation produces, run through
-the same code path as the real run (the same method hook, model family, precision,
-augmentation) on a few synthetic images. So
+**Identity: the configuration, nothing else.** The key is ``sha256(config)``
+(:func:`record_key`): the same configuration gives the same key on every processor, kernel
+set, thread count and device. Floating-point bits are not part of it: they are not portable
+(vector width, AMX tiles and summation order change the last bits between processors, and
+bf16 autocast moves a two-step canary by up to 1e-2 between kernel sets).
 
-* a refactor that leaves the numbers bitwise unchanged leaves the canary unchanged, and
-  every stored record stays valid;
-* a change of numerics changes the canary of every run that goes through the changed code,
-  and exactly those records become stale (they are no longer found).
+**Freshness: a canary compared by tolerance.** Beside its numbers, a record stores the
+*canary* of its code path as it was when the run was made: a tiny run of the same code path
+(method hook, model, recipe with its schedule, augmentation and precision) on synthetic
+images, supplied by the caller (``canary=``; :func:`nlutils.registry.canary` makes one per
+method, model and recipe). A stored record is served only if today's canary agrees with the
+stored one (:func:`agree`):
 
-The canary runs on one CPU thread (:func:`run_canary`), so the fingerprint does not depend
-on how many threads the run itself used.
+* every floating value within :data:`RTOL` of the stored one, relative to the largest
+  magnitude of its array (the registry's canary computes them in float64, where processors
+  differ by ~1e-13: measured 6e-13 at most over the book's 272 code paths between AVX-512 +
+  AMX, AVX-512 without AMX and AVX2 kernels);
+* every non-floating value (the registry's precision trace: which functions compute in
+  bf16, a digest that does not depend on the processor) exactly equal, and the same names
+  and shapes.
 
-The canary is supplied by the caller (``canary=``, a callable returning tensors or numbers,
-and ``canary_name=``, which code path it stands for); :func:`nlutils.registry.canary` makes
-one per method, model and recipe. A fingerprint is computed once per process and name.
+So a refactor that leaves the numbers unchanged keeps every record; a change of numerics (a
+loss, a model, an initialisation, a schedule, an augmentation, a precision rule, a default
+inside a module) moves the canary of every code path it touches far beyond RTOL, and exactly
+those records become *stale*: not served (:class:`MissingRun` with training off, retrained
+and overwritten with training on). Changing numerics on purpose: run the affected chapters
+again (``tools/build_book.py --check`` lists them; ``--only NAME --all`` or ``make
+reproduce``) and commit the new records. Changing only the canary itself (what it measures,
+not what training computes): re-stamp the records with ``tools/rekey_runs.py --restamp REF``,
+which keeps a record only where the code at ``REF`` and today's code compute bit-identical
+runs on the machine that checks (bits are compared on one machine only, never across).
+
+The canary runs on one CPU thread with the global RNG forked (:func:`run_canary`), on the
+CPU whatever device the run uses; it is computed once per process and code path.
+
+Each record also states where it was made (``made_on``: processor, kernel set, threads,
+torch version, device, date; :func:`machine`). Whether a run *reproduces* on another
+machine is a question of re-training, not of bits: ``tools/verify_runs.py`` re-trains
+recorded runs and compares them with the seed-to-seed spread.
 
 Files: ``<directory>/<config["method"] or "run">/<key>.npz`` (``np.savez_compressed``;
-``config`` and ``metrics`` as JSON strings, history columns and arrays as they are; a new
-record is read back from its file, so a chapter sees the same numbers whether it just
-computed a run or found it), committed with
-the book so that a chapter's compute can be spread over days and machines. Set
-``NLUTILS_TRAIN=off`` (or ``RunStore(train=False)``) to forbid training: a missing record
-then raises :class:`MissingRun` (CI rebuilds the book that way). A long computation stops
-between two runs, never inside one, when the stop file exists (``<directory>/STOP``, or the
-file named by ``NLUTILS_STOP``): the next run that would have to be computed raises
-:class:`Stopped` instead (stored records are still served), so that workers can be ended
-before a deadline without losing work (``touch book/runs/STOP``; delete it to go on).
+``config`` and ``metrics`` as JSON strings, history columns and arrays as they are, the
+canary as ``c_*`` arrays; a new record is read back from its file, so a chapter sees the
+same numbers whether it just computed a run or found it), committed with the book so that a
+chapter's compute can be spread over days and machines. Set ``NLUTILS_TRAIN=off`` (or
+``RunStore(train=False)``) to forbid training: a missing or stale record then raises
+:class:`MissingRun` (CI rebuilds the book that way). A long computation stops between two
+runs, never inside one, when the stop file exists (``<directory>/STOP``, or the file named
+by ``NLUTILS_STOP``): the next run that would have to be computed raises :class:`Stopped`
+instead (stored records are still served), so that workers can be ended before a deadline
+without losing work (``touch book/runs/STOP``; delete it to go on).
 """
 from __future__ import annotations
 
@@ -73,7 +96,9 @@ class Record:
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0          # compute time of the run when it was made
-    fingerprint: str = ""
+    canary: dict = field(default_factory=dict)   # its code path's canary (:func:`probe`)
+    made_on: dict = field(default_factory=dict)  # where it was made (:func:`machine`)
+    provenance: dict = field(default_factory=dict)  # e.g. how a migrated record was checked
 
     def __getitem__(self, name):
         return self.metrics[name]
@@ -127,12 +152,143 @@ def digest(*values) -> str:
     return h.hexdigest()[:16]
 
 
+RTOL = 1e-9
+"""A canary value agrees with the stored one when ``|now - stored| <= RTOL * max|stored|``
+over its array (float64 canaries differ by <= 6e-13 between processors; see the module
+docstring)."""
+
+
+def probe(out) -> dict:
+    """A canary's output as ``{name: value}``: floating tensors and arrays as float64
+    numpy arrays, floats as 0-d arrays, anything else (strings, integers, integer
+    tensors) as its exact text. A dict keeps its names (``values`` is unpacked); a list is
+    named by position."""
+    flat: dict = {}
+
+    def walk(name, v):
+        if isinstance(v, dict):
+            for k in sorted(v):
+                walk(k if name in ("", "values") else f"{name}.{k}", v[k])
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                walk(f"{name}.{i}" if name else str(i), x)
+        elif isinstance(v, pd.DataFrame):
+            walk(name, v.to_numpy())
+        elif isinstance(v, (torch.Tensor, np.ndarray, float, np.floating)) and \
+                np.issubdtype(np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v).dtype,
+                              np.floating):
+            a = v.detach().cpu().double().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, np.float64)
+            flat[name] = a
+        elif isinstance(v, (torch.Tensor, np.ndarray)):
+            a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+            flat[name] = f"{a.dtype}{a.shape}:" + hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+        else:
+            flat[name] = v if isinstance(v, str) else repr(v)
+    walk("", out)
+    return flat
+
+
+def agree(stored: dict, now: dict, rtol: float = RTOL) -> tuple[bool, str]:
+    """Does today's canary (``now``, a :func:`probe`) agree with a record's (``stored``)?
+    ``(True, "")`` or ``(False, the first difference in words)``."""
+    if not stored:
+        return False, "the record holds no canary"
+    if set(stored) != set(now):
+        return False, f"the canary's parts changed ({sorted(set(stored) ^ set(now))})"
+    for k in sorted(stored):
+        a, b = stored[k], now[k]
+        if isinstance(a, str) or isinstance(b, str):
+            if a != b:
+                return False, f"{k} differs ({a!r} recorded, {b!r} now)"
+            continue
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape:
+            return False, f"{k} has shape {b.shape}, recorded {a.shape}"
+        if not np.array_equal(np.isnan(a), np.isnan(b)):
+            return False, f"{k}: NaN where the record has a number, or the reverse"
+        ok = ~np.isnan(a)
+        if not ok.any():
+            continue
+        scale = float(np.abs(a[ok]).max())
+        diff = float(np.abs(a[ok] - b[ok]).max())
+        if diff > rtol * scale or not np.isfinite(diff):
+            return False, f"{k} moved by {diff / max(scale, 1e-300):.1e} of its scale (tolerance {rtol:g})"
+    return True, ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16",
+                                       "amx_tile", "avx_vnni", "avx512_vnni", "fma", "neon", "asimd"})
+    except OSError:
+        pass
+    return []
+
+
+def machine(device="cpu") -> dict:
+    """Where a run is being made: processor model and the kernel set torch uses on it
+    (ATen's vector width, oneDNN's and MKL's instruction caps when set, the CPU flags that
+    choose kernels: AVX-512, bf16, AMX), threads, torch version, device (a GPU's name), date."""
+    dev = torch.device(device)
+    out = {"processor": _cpu_model(), "cpu_flags": _cpu_flags(),
+           "aten_kernels": torch.backends.cpu.get_cpu_capability(),
+           "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "all",
+           "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS") or "all",
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "device": dev.type,
+           "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    if dev.type == "cuda" and torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(dev)
+    return out
+
+
+def describe_machine(m: dict | None) -> str:
+    """One line for a reader, e.g. ``'Intel(R) Xeon(R) Processor (AVX512 + AMX, 2 threads),
+    torch 2.14.1'``; for a record migrated from the bitwise rule, what its bits tell."""
+    if not m:
+        return "not recorded"
+    if m.get("gpu"):
+        where = m["gpu"]
+    elif m.get("processor"):
+        flags = m.get("cpu_flags") or []
+        kernels = str(m.get("aten_kernels") or "?")
+        if "amx_bf16" in flags and m.get("onednn_max_isa", "all") == "all":
+            kernels += " + AMX"
+        if m.get("onednn_max_isa", "all") != "all":
+            kernels += f", oneDNN capped at {m['onednn_max_isa']}"
+        where = f"{m['processor']} ({kernels}" + (f", {m['threads']} threads)" if m.get("threads") else ")")
+    else:
+        where = "processor not recorded"
+    if m.get("inferred") and m["inferred"] != "processor not recorded":
+        where += f"; {m['inferred']}"
+    return where + (f", torch {m['torch']}" if m.get("torch") else "")
+
+
+def machine_slug(m: dict) -> str:
+    """A file name for a machine: processor (or GPU) and kernel set."""
+    import re
+    name = m.get("gpu") or f"{m.get('processor', 'cpu')}-{m.get('aten_kernels', '')}" + (
+        "-amx" if "amx_bf16" in (m.get("cpu_flags") or []) and m.get("onednn_max_isa", "all") == "all" else "") + (
+        f"-onednn-{m['onednn_max_isa']}" if m.get("onednn_max_isa", "all") != "all" else "")
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def run_canary(canary: Callable[[], Any]):
-    """``canary()`` on one CPU thread, the global RNG state forked. Kernels split their sums
-    by thread count (a two-step canary on two threads differs in its last bits from the same
-    canary on one), so the fingerprint is computed on one thread: it then names the code
-    path whatever the thread count of the run, and a record made by a one-thread worker
-    serves a two-thread process (and CI) alike."""
+    """``canary()`` on one CPU thread, the global RNG state forked: the same process state
+    before and after, and one summation order per kernel (a tolerance covers the rest)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -151,17 +307,23 @@ def training_allowed() -> bool:
     return os.environ.get("NLUTILS_TRAIN", "on") != "off"
 
 
+def record_key(config: dict) -> str:
+    """A record's key: sha256 (16 hex) of the canonical configuration, nothing else."""
+    return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
+
+
 class RunStore:
     """A folder of run records (see the module docstring).
 
     Example::
 
         store = RunStore("book/runs")
-        rec = store.run(config, compute, fingerprint=canary)
+        rec = store.run(config, compute, canary=canary, canary_name="ce/mlp")
         rec.metrics["test_acc"], rec.history, rec.arrays["score"]
 
     ``compute()`` returns ``(metrics, history, arrays)`` (history may be ``None``, arrays
-    ``{}``). ``seconds`` adds up the compute time of the distinct runs served.
+    ``{}``). ``seconds`` adds up the compute time of the distinct runs served; ``stale``
+    lists ``(file, why)`` for the records found but not served.
     """
 
     def __init__(self, directory=None, train: bool | None = None):
@@ -173,45 +335,63 @@ class RunStore:
         self.hits = self.misses = 0
         self.seconds = 0.0
         self.used: dict[str, Path] = {}    # key -> file, for the chapter's record
-        self._fp: dict[str, str] = {}
+        self.machines: dict[str, str] = {}  # key -> where it was made (describe_machine)
+        self.stale: list[tuple[Path, str]] = []
+        self._probes: dict[str, dict] = {}
 
-    def fingerprint(self, name: str, canary: Callable[[], Any] | None) -> str:
-        """The canary's digest, computed once per ``name`` in this process."""
+    def canary(self, name: str, canary: Callable[[], Any] | None) -> dict:
+        """Today's canary of the code path ``name`` (:func:`probe` of :func:`run_canary`),
+        computed once per process; ``{}`` without a canary."""
         if canary is None:
-            return ""
-        if name not in self._fp:
-            self._fp[name] = digest(run_canary(canary))
-        return self._fp[name]
+            return {}
+        if name not in self._probes:
+            self._probes[name] = probe(run_canary(canary))
+        return self._probes[name]
 
-    def key(self, config: dict, fingerprint: str = "") -> str:
-        return hashlib.sha256((canonical(config) + "|" + fingerprint).encode()).hexdigest()[:16]
+    def key(self, config: dict) -> str:
+        return record_key(config)
 
-    def path(self, config: dict, fingerprint: str = "") -> Path:
+    def path(self, config: dict) -> Path:
         group = str(config.get("method", "run"))
-        return self.directory / group / f"{self.key(config, fingerprint)}.npz"
+        return self.directory / group / f"{self.key(config)}.npz"
 
-    def get(self, config: dict, fingerprint: str = "") -> Record | None:
-        p = self.path(config, fingerprint)
+    def lookup(self, config: dict, now: dict | None = None) -> tuple[Record | None, str]:
+        """``(record, "")`` when stored and fresh; ``(None, why)`` when missing or stale.
+        ``now``: today's canary of the run's code path (``{}`` or ``None``: no check)."""
+        p = self.path(config)
         if not p.is_file():
-            return None
+            return None, "missing"
         try:
-            return load(p)
+            rec = load(p)
         except Exception:  # a truncated file from a killed run: recompute it
-            return None
+            return None, "unreadable"
+        if now:
+            ok, why = agree(rec.canary, now)
+            if not ok:
+                return None, f"stale: {why}"
+        return rec, ""
+
+    def get(self, config: dict, now: dict | None = None) -> Record | None:
+        return self.lookup(config, now)[0]
 
     def run(self, config: dict, compute: Callable[[], tuple], *, canary: Callable | None = None,
-            canary_name: str | None = None, float16: tuple[str, ...] | None = None) -> Record:
+            canary_name: str | None = None, float16: tuple[str, ...] | None = None,
+            device="cpu") -> Record:
         """The stored record of ``config`` or a new one. ``canary``/``canary_name``: the
-        fingerprint of the code path (see the module docstring). ``float16``: names of the
-        arrays to store as float16 (default: every floating array)."""
-        fp = self.fingerprint(canary_name or canonical(config), canary)
-        rec = self.get(config, fp)
-        p = self.path(config, fp)
+        code path's canary and its name (see the module docstring). ``float16``: names of the
+        arrays to store as float16 (default: every floating array). ``device``: where
+        ``compute`` trains (stated in the record's ``made_on``)."""
+        now = self.canary(canary_name or canonical(config), canary)
+        rec, why = self.lookup(config, now)
+        p = self.path(config)
+        if rec is None and why.startswith("stale"):
+            self.stale.append((p, why))
         if rec is None and not self.train:
-            raise MissingRun(f"no record for {canonical(config)} (fingerprint {fp!r}) in "
-                             f"{self.directory}, and training is switched off")
+            raise MissingRun(f"no {'fresh ' if why.startswith('stale') else ''}record for "
+                             f"{canonical(config)} in {self.directory} ({why}: {p.name}), "
+                             "and training is switched off")
         if rec is None:  # another worker may be computing it right now
-            rec = self._wait_for_other(config, fp)
+            rec = self._wait_for_other(config, now)
         if rec is None and stop_file(self.directory).exists():
             raise Stopped(f"not starting {canonical(config)}: {stop_file(self.directory)} exists")
         if rec is not None:
@@ -219,29 +399,32 @@ class RunStore:
         else:
             self.misses += 1
             with _Lock(p.with_suffix(".lock")):
+                where = machine(device)
                 t0 = time.perf_counter()
                 metrics, history, arrays = compute()
                 seconds = time.perf_counter() - t0
                 rec = Record(jsonable(config), jsonable(metrics),
                              history if history is not None else pd.DataFrame(),
                              {k: _compact(k, v, float16) for k, v in (arrays or {}).items()},
-                             seconds, fp)
+                             seconds, now, where)
                 save(rec, p)
             rec = load(p)  # the chapter always works from the record as stored
-        key = self.key(config, fp)
+        key = self.key(config)
         if key not in self.used:
             self.seconds += rec.seconds
             self.used[key] = p
+            self.machines[key] = describe_machine(rec.made_on)
         return rec
 
-
-    def _wait_for_other(self, config: dict, fp: str, poll: float = 5.0) -> Record | None:
+    def _wait_for_other(self, config: dict, now: dict | None, poll: float = 5.0) -> Record | None:
         """While another live process computes this run (its ``.lock`` file), wait for its
         record instead of computing it twice; ``None`` when nobody is computing it."""
-        lock = self.path(config, fp).with_suffix(".lock")
+        lock = self.path(config).with_suffix(".lock")
+        if not _Lock.held(lock):
+            return None
         while _Lock.held(lock):
             time.sleep(poll)
-        return self.get(config, fp)
+        return self.get(config, now)
 
 
 class _Lock:
@@ -293,14 +476,19 @@ def save(rec: Record, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     cols = [str(c) for c in rec.history.columns]
+    floats = {k: v for k, v in rec.canary.items() if not isinstance(v, str)}
+    exact = {k: v for k, v in rec.canary.items() if isinstance(v, str)}
+    names = sorted(floats)
     np.savez_compressed(buf, __config__=np.array(canonical(rec.config)),
                         __metrics__=np.array(json.dumps(jsonable(rec.metrics), sort_keys=True)),
                         __history__=np.array(json.dumps(cols)),
                         **{f"h_{c}": rec.history[c].to_numpy() for c in cols},
-                        __meta__=np.array(json.dumps({"seconds": round(rec.seconds, 2),
-                                                      "fingerprint": rec.fingerprint,
-                                                      "torch": torch.__version__})),
-                        **{f"a_{k}": v for k, v in rec.arrays.items()})
+                        __meta__=np.array(json.dumps({
+                            "seconds": round(rec.seconds, 2), "torch": torch.__version__,
+                            "made_on": jsonable(rec.made_on), "provenance": jsonable(rec.provenance),
+                            "canary": {"rule": 2, "floats": names, "exact": exact}}, sort_keys=True)),
+                        **{f"a_{k}": v for k, v in rec.arrays.items()},
+                        **{f"c_{i}": np.asarray(floats[k], np.float64) for i, k in enumerate(names)})
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_bytes(buf.getvalue())
     tmp.replace(path)
@@ -315,5 +503,13 @@ def load(path: Path) -> Record:
         history = pd.DataFrame({c: z[f"h_{c}"] for c in cols})
         meta = json.loads(str(z["__meta__"]))
         arrays = {k[2:]: z[k] for k in z.files if k.startswith("a_")}
-    return Record(config, metrics, history, arrays, float(meta.get("seconds", 0.0)),
-                  meta.get("fingerprint", ""))
+        c = meta.get("canary") or {}
+        canary = {**{k: z[f"c_{i}"] for i, k in enumerate(c.get("floats", []))}, **c.get("exact", {})}
+    made_on = meta.get("made_on") or {}
+    if not made_on and meta.get("torch"):
+        made_on = {"torch": meta["torch"]}
+    provenance = meta.get("provenance") or {}
+    if meta.get("fingerprint"):  # a record of the bitwise rule (before 2026-12-05)
+        provenance = {**provenance, "fingerprint": meta["fingerprint"]}
+    return Record(config, metrics, history, arrays, float(meta.get("seconds", 0.0)), canary,
+                  made_on, provenance)

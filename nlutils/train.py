@@ -151,11 +151,16 @@ def _layout(xb: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return xb.contiguous()
 
 
+def _upcast(z: torch.Tensor) -> torch.Tensor:
+    """Autocast output (bf16/fp16) to float32; float32 and float64 (the canary) unchanged."""
+    return z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = None,
             batch_size: int = 4096, device="cpu", precision: str = "fp32",
             channels_last: bool = False, tta: bool = False, mirror: bool = False) -> torch.Tensor:
-    """Logits (float32) of ``model`` on ``x[rows]`` (all of ``x`` by default), in eval mode
+    """Logits (float32; float64 for a float64 model) of ``model`` on ``x[rows]`` (all of ``x`` by default), in eval mode
     and large batches; returned on the CPU. ``mirror=True``: the logits of the horizontal
     mirror images (flipped batch by batch, ``x`` is not copied); ``tta=True``: the mean of
     the logits of each image and its mirror image (flip test-time augmentation)."""
@@ -167,9 +172,9 @@ def predict(model: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = None,
         xb = x[s:s + batch_size] if rows is None else x.index_select(0, rows[s:s + batch_size])
         xb = _layout((xb.flip(3) if mirror else xb).to(device), channels_last)
         with autocast(precision, device):
-            z = model(xb).float()
+            z = _upcast(model(xb))
             if tta:
-                z = (z + model(_layout(xb.flip(3), channels_last)).float()) / 2
+                z = (z + _upcast(model(_layout(xb.flip(3), channels_last)))) / 2
         out.append(z.cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

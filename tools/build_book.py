@@ -5,6 +5,8 @@ and mark the stale ones.
     python tools/build_book.py --all      # re-execute every chapter (make reproduce)
     python tools/build_book.py --check    # CI: re-execute every chapter at profile=book from
                                           # book/runs with training switched off
+    python tools/build_book.py --verify 5 # re-train 5 recorded runs here, compare with the
+                                          # records and the seed spread (tools/verify_runs.py)
     python tools/build_book.py --only elr --profile smoke --out /tmp/x
 
 ``--check`` re-executes each chapter with ``NLUTILS_TRAIN=off`` into a temporary folder,
@@ -149,7 +151,7 @@ def check(src: Path, committed: Path, tmp: Path) -> tuple[str, str]:
                             kernel_name="python3", progress_bar=False)
     except pm.PapermillExecutionError as e:
         if e.ename == "MissingRun":
-            return "stale", "its run records are missing or were made by other numerics"
+            return "stale", f"a run record is missing or stale: {e.evalue[-300:]}"
         return "differs", f"re-execution failed: {e.ename}: {e.evalue}"
     finally:
         for k, v in old.items():
@@ -183,9 +185,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "book"), help="folder for executed copies")
     ap.add_argument("--check", action="store_true",
                     help="re-execute every chapter from its run records, training off (CI)")
+    ap.add_argument("--verify", type=int, metavar="N", default=None,
+                    help="re-train N recorded runs on this machine and compare them with their "
+                         "records and the seed spread (tools/verify_runs.py)")
     args = ap.parse_args(argv)
     if args.check:
         return run_check(args.only)
+    if args.verify is not None:
+        sys.path.insert(0, str(ROOT / "tools"))
+        import verify_runs
+        return verify_runs.main(["--n", str(args.verify)])
 
     sources = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if args.only:

@@ -110,7 +110,7 @@ class ForwardCorrection(nn.Module):
 
     def __init__(self, T, base: Callable = cross_entropy_vector, max_condition: float = 1e6):
         super().__init__()
-        self.register_buffer("T", check_invertible(T, max_condition).float())
+        self.register_buffer("T", check_invertible(T, max_condition).to(torch.get_default_dtype()))
         self.base = base
 
     def forward(self, logits, labels, rows=None):
@@ -125,7 +125,8 @@ class BackwardCorrection(nn.Module):
     def __init__(self, T, base: Callable = cross_entropy_vector, max_condition: float = 1e6,
                  nonneg: bool = False):
         super().__init__()
-        self.register_buffer("T_inv", torch.linalg.inv(check_invertible(T, max_condition)).float())
+        self.register_buffer("T_inv", torch.linalg.inv(check_invertible(T, max_condition))
+                             .to(torch.get_default_dtype()))
         self.base = base
         self.nonneg = nonneg
 
