@@ -200,8 +200,8 @@ def run(problem: Problem, method: str, *, model: str, recipe: Recipe, seed: int,
         labels = y_given[rows]
     elif method == "cleanlab_retrain":  # out-of-sample probabilities, confident learning, then CE
         cv = cross_val_probs(problem, model, recipe, seed, prm["folds"], model_args, device, progress)
-        keep = ~cv["issues"]
-        rows, labels = rows[keep], labels[keep]
+        clean = ~cv["issues"]
+        rows, labels = rows[clean], labels[clean]
     elif method == "trusted_only":
         if not len(problem.trusted):
             raise ValueError("trusted_only needs trusted rows (trusted_per_class > 0)")
