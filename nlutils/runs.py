@@ -307,6 +307,19 @@ def training_allowed() -> bool:
     return os.environ.get("NLUTILS_TRAIN", "on") != "off"
 
 
+def verification(directory) -> pd.DataFrame:
+    """The re-trainings of ``tools/verify_runs.py`` stored under ``<directory>/verify/*.json``
+    (one row per record and metric: recorded, rerun, delta, seed_std, rerun_on, ...), with
+    ``made_on`` read from each record as it is now."""
+    directory = Path(directory)
+    rows = [row for f in sorted((directory / "verify").glob("*.json"))
+            for row in json.loads(f.read_text())["rows"]]
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["made_on"] = [describe_machine(load(directory / r).made_on) for r in df["record"]]
+    return df
+
+
 def record_key(config: dict) -> str:
     """A record's key: sha256 (16 hex) of the canonical configuration, nothing else."""
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
