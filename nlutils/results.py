@@ -202,10 +202,9 @@ def reproduce_box(chapter: str, profiles=("smoke", "book", "paper"), directory=N
                   f"are in `book/results/{chapter}.json`."]
         if rec.get("machines"):
             n = sum(rec["machines"].values())
-            lines += ["", f"Its {n} run record{'s' if n != 1 else ''} (`book/runs/`) were made on: "
-                      + "; ".join(f"{where} — {k} run{'s' if k != 1 else ''}"
-                                  for where, k in rec["machines"].items())
-                      + ". Bits differ between machines; `tools/verify_runs.py` re-trains recorded "
-                        "runs on yours and compares them with the seed-to-seed spread."]
+            lines += ["", f"Its {n} run record{'s' if n != 1 else ''} (`book/runs/`) were made on:", ""]
+            lines += [f"- {where}: {k} run{'s' if k != 1 else ''}" for where, k in rec["machines"].items()]
+            lines += ["", "Bits differ between machines; `tools/verify_runs.py` re-trains recorded "
+                          "runs on yours and compares them with the seed-to-seed spread."]
     lines.append(":::")
     return Markdown("\n".join(lines))
