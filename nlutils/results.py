@@ -195,7 +195,8 @@ def reproduce_box(chapter: str, profiles=("smoke", "book", "paper"), directory=N
         commit = (prov.get("git_commit") or "unknown")[:10]
         dirty = " (with uncommitted changes)" if prov.get("git_dirty") else ""
         lines += [f"This page was executed at profile `{rec['profile']}`; its runs take "
-                  f"**{minutes:.1f} min** on the machine that executed it (2 CPU cores). "
+                  f"**{minutes:.1f} min** of compute (the time each run record states, on the "
+                  f"machine that made it; 2 CPU cores). "
                   f"Executed on {prov.get('date')}: commit `{commit}`{dirty}, nlutils "
                   f"{prov.get('nlutils_version')} (source `{prov.get('nlutils_source')}`), torch "
                   f"{prov.get('torch_version')}, seeds {prov.get('seeds')}. Its headline numbers "
