@@ -217,3 +217,23 @@ def test_every_committed_record_is_migrated_with_its_evidence():
         else:
             assert rec.made_on.get("processor"), f"{p} does not say where it was made"
     assert migrated == summary["kept"]
+
+
+def test_restamp_rewrites_a_stale_canary_only_where_the_bits_are_the_same(tmp_path):
+    """A record whose stored canary no longer matches (here: its trace altered) while its code
+    path computes the same bits at HEAD and in the working tree is re-stamped, and then found."""
+    import shutil
+    src = _committed("ce", "patrini_mnist", "fp32")
+    (tmp_path / "ce").mkdir()
+    p = tmp_path / "ce" / src.name
+    shutil.copy(src, p)
+    rec = runs.load(p)
+    rec.canary["trace"] = "0" * 16
+    runs.save(rec, p)
+    tool = [sys.executable, str(ROOT / "tools" / "rekey_runs.py")]
+    assert subprocess.run(tool + ["--check", str(tmp_path)], capture_output=True).returncode == 1
+    res = subprocess.run(tool + ["--restamp", "HEAD", str(tmp_path)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    assert "1 of 1 stale records re-stamped" in res.stdout, res.stdout + res.stderr
+    assert subprocess.run(tool + ["--check", str(tmp_path)], capture_output=True).returncode == 0
+    assert runs.load(p).metrics == runs.load(src).metrics
