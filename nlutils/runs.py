@@ -216,27 +216,22 @@ def agree(stored: dict, now: dict, rtol: float = RTOL) -> tuple[bool, str]:
     return True, ""
 
 
-def _cpu_model() -> str:
+def _cpu() -> tuple[str, list[str]]:
+    """The processor's model name and the CPU flags that choose kernels (AVX-512, bf16, AMX)."""
+    model, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")) and not flags:
                 flags = set(line.split(":", 1)[1].split())
-                return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16",
-                                       "amx_tile", "avx_vnni", "avx512_vnni", "fma", "neon", "asimd"})
     except OSError:
         pass
-    return []
+    if not model:
+        import platform
+        model = platform.processor() or platform.machine()
+    return model, sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile",
+                                  "avx_vnni", "avx512_vnni", "fma", "neon", "asimd"})
 
 
 def machine(device="cpu") -> dict:
@@ -244,7 +239,8 @@ def machine(device="cpu") -> dict:
     (ATen's vector width, oneDNN's and MKL's instruction caps when set, the CPU flags that
     choose kernels: AVX-512, bf16, AMX), threads, torch version, device (a GPU's name), date."""
     dev = torch.device(device)
-    out = {"processor": _cpu_model(), "cpu_flags": _cpu_flags(),
+    processor, flags = _cpu()
+    out = {"processor": processor, "cpu_flags": flags,
            "aten_kernels": torch.backends.cpu.get_cpu_capability(),
            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "all",
            "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS") or "all",
@@ -335,8 +331,7 @@ class RunStore:
         rec.metrics["test_acc"], rec.history, rec.arrays["score"]
 
     ``compute()`` returns ``(metrics, history, arrays)`` (history may be ``None``, arrays
-    ``{}``). ``seconds`` adds up the compute time of the distinct runs served; ``stale``
-    lists ``(file, why)`` for the records found but not served.
+    ``{}``). ``seconds`` adds up the compute time of the distinct runs served.
     """
 
     def __init__(self, directory=None, train: bool | None = None):
@@ -349,7 +344,6 @@ class RunStore:
         self.seconds = 0.0
         self.used: dict[str, Path] = {}    # key -> file, for the chapter's record
         self.machines: dict[str, str] = {}  # key -> where it was made (describe_machine)
-        self.stale: list[tuple[Path, str]] = []
         self._probes: dict[str, dict] = {}
 
     def canary(self, name: str, canary: Callable[[], Any] | None) -> dict:
@@ -397,8 +391,6 @@ class RunStore:
         now = self.canary(canary_name or canonical(config), canary)
         rec, why = self.lookup(config, now)
         p = self.path(config)
-        if rec is None and why.startswith("stale"):
-            self.stale.append((p, why))
         if rec is None and not self.train:
             raise MissingRun(f"no {'fresh ' if why.startswith('stale') else ''}record for "
                              f"{canonical(config)} in {self.directory} ({why}: {p.name}), "

@@ -69,7 +69,7 @@ def old_digest(config: dict) -> str:
     copies = s.noise in ("massive", "massive_shift")
     recipe = Recipe(**config["recipe"])
 
-    def compute():
+    def compute():  # as registry.canary did then (this must also run against old commits' code)
         problem = registry.synthetic_problem(shape, K)
         if copies:
             g = torch.Generator().manual_seed(1)
@@ -200,9 +200,8 @@ def main(argv=None) -> int:
         return tidy(directory)
     sys.path.insert(0, str(ROOT))
     from nlutils import runs
-    from nlutils.chapter import identify
-    from nlutils import setting
-    from nlutils.recipe import Recipe
+    sys.path.insert(0, str(ROOT / "tools"))
+    import rekey_runs
 
     old = {}
     for p in sorted(directory.glob("*/*.npz")):
@@ -280,11 +279,7 @@ def main(argv=None) -> int:
                "records": {}}
     for f, rec, why, date, e in kept:
         c = rec.config
-        config, canary, name = identify(setting.parse(c["setting"]), c["method"], model=c["model"],
-                                        recipe=Recipe(**c["recipe"]), seed=c["seed"], params=c["params"],
-                                        model_args=c["model_args"], n_train=c["n_train"],
-                                        trusted_per_class=c["trusted_per_class"],
-                                        val_fraction=c["val_fraction"], track_train=c["track_train"])
+        config, canary, name = rekey_runs.identity(rec)
         if runs.canonical(config) != runs.canonical(c):
             raise RuntimeError(f"{f}: its configuration does not rebuild")
         rec.canary = store.canary(name, canary)
