@@ -147,15 +147,32 @@ def results_folder() -> Path:
     return Path(os.environ.get("NLUTILS_RESULTS") or BOOK / "results")
 
 
+def _kernel_namespace(given: dict) -> dict:
+    """The notebook's globals: ``given`` when it is them (it holds IPython's input history),
+    else the running IPython kernel's, else ``given``."""
+    if "_ih" in given or "In" in given:
+        return given
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return given
+    shell = get_ipython()
+    return shell.user_ns if shell is not None else given
+
+
 class Chapter:
     """Parameters, run records, glued metrics, claims and the record of one chapter."""
 
     def __init__(self, name: str, profile: str, presets: dict, given: dict,
                  checks: dict | None = None, runs_dir=None):
         self.name = name
-        known = set().union(*(p.keys() for p in presets.values())) if presets else set()
+        known = profiles.declared(presets)
+        # a name papermill injected that the chapter does not declare is refused, not ignored
+        for passed, value in profiles.injected(_kernel_namespace(given)).items():
+            if passed not in known:
+                raise profiles.unknown_parameter(passed, value, presets, chapter=f"the {name} chapter")
         # ``given`` may be the notebook's globals(): the parameters are the presets' names
-        given = {k: v for k, v in dict(given).items() if k in known}
+        given = {k: v for k, v in dict(given).items() if k in known - {"profile"}}
         self.cfg = profiles.resolve(profile, presets, checks=checks, **given)
         self.profile = profile
         self.metrics: dict = {}

@@ -23,6 +23,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -210,6 +211,22 @@ def _download(name: str, root=None) -> Path | None:
         return out / f"{name}.npz"
     except Exception:  # no internet, no torchvision, no disk: the caller explains
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def class_counts(name: str) -> tuple[int, ...]:
+    """Training images per class of data set ``name``, read from the labels alone (the
+    parameter checks bound sizes by it before anything is trained)."""
+    if name not in SPECS:
+        raise ValueError(f"dataset={name!r} is unknown; choose one of {', '.join(DATASETS)}")
+    if name == "digits":
+        y = _digits_arrays()["y_train"]
+    elif (path := find(name)) is not None:
+        with np.load(path, allow_pickle=False) as z:
+            y = z["y_train"]
+    else:
+        y = load(name).y_train.numpy()  # the error that names the missing archive, or a download
+    return tuple(int(c) for c in np.bincount(y, minlength=len(SPECS[name]["classes"])))
 
 
 def cifar10n_labels(kind: str = "worse", root=None) -> torch.Tensor:

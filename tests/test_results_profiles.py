@@ -57,7 +57,7 @@ def test_bad_parameters_name_themselves(given, name):
 def test_unknown_profile_and_parameter():
     with pytest.raises(ValueError, match="profile"):
         profiles.resolve("fast", PRESETS)
-    with pytest.raises(ValueError, match="not used by this chapter"):
+    with pytest.raises(ValueError, match="learning_rate=0.1 is not a parameter.*The parameters are: dataset, device"):
         profiles.resolve("smoke", PRESETS, learning_rate=0.1)
 
 
