@@ -113,7 +113,7 @@ def set_banner(path: Path, reason: str | None) -> None:
     cells = [c for c in nb["cells"] if BANNER_TAG not in c.get("metadata", {}).get("tags", [])]
     if reason:
         banner = {"cell_type": "markdown", "metadata": {"tags": [BANNER_TAG]}, "source": [
-            ":::{warning} This page is stale\n",
+            ":::{admonition} This page is stale\n", ":class: warning\n", "\n",
             f"{reason} The figures and numbers below were made by an earlier version of the "
             "code; `make reproduce` (or the chapter's reproduce box) recomputes them.\n", ":::"]}
         at = 1 if cells and cells[0]["cell_type"] == "markdown" else 0
@@ -220,7 +220,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_check(only=None) -> int:
+def run_check(only=None, banners: bool = True) -> int:
+    """Re-execute the chapters from their records (see the module docstring); with
+    ``banners`` (the command line), mark the committed pages of stale chapters, else (the
+    tests) leave every tracked file as it is."""
     import tempfile
 
     sources = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -238,7 +241,7 @@ def run_check(only=None) -> int:
             stale.append(src.stem)
         elif status == "differs":
             failed.append(src.stem)
-        if committed.exists() and status != "differs":
+        if banners and committed.exists() and status != "differs":
             set_banner(committed, f"Its run records (`book/runs/`) are missing or no longer match "
                                   f"what the code computes." if status == "stale" else None)
     print(f"{len(stale)} stale chapter(s): {', '.join(stale) or '-'}; "
