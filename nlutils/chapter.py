@@ -174,6 +174,7 @@ class Chapter:
         # ``given`` may be the notebook's globals(): the parameters are the presets' names
         given = {k: v for k, v in dict(given).items() if k in known - {"profile"}}
         self.cfg = profiles.resolve(profile, presets, checks=checks, **given)
+        self.given = {k for k, v in given.items() if v is not None}
         self.profile = profile
         self.metrics: dict = {}
         self.claims: list[dict] = []
@@ -210,15 +211,27 @@ class Chapter:
         return self.store.run(config, compute, canary=canary, canary_name=name, device=device)
 
     # ------------------------------------------------------------ numbers
-    def glue(self, name: str, value, *, metric: bool = True, display: bool = False):
+    def glue(self, name: str, value, *, metric: bool = True, display: bool = False) -> None:
         """Glue ``value`` for the prose (``{glue:text}`name```) and, unless
-        ``metric=False``, store it in the chapter's metrics under the same name."""
+        ``metric=False``, store it in the chapter's metrics under the same name. Returns
+        nothing, so that a cell ending in a glue shows no bare value on the page."""
         from myst_nb import glue
 
         glue(name, value, display=display)
         if metric:
             self.metrics[name] = value
-        return value
+
+    def parameters(self):
+        """The resolved parameters as a table for the page: each value and whether the
+        reader gave it or the profile did."""
+        from IPython.display import Markdown
+
+        def text(x):  # plain text that wraps in a narrow column; no markdown emphasis
+            return str(x).replace("\\", "\\\\").replace("_", "\\_").replace("*", "\\*").replace("|", "\\|")
+
+        rows = [f"| {text(k)} | {text(repr(v))} | {'given' if k in self.given else 'profile ' + self.profile} |"
+                for k, v in vars(self.cfg).items() if k != "profile"]
+        return Markdown("| parameter | value | set by |\n|---|---|---|\n" + "\n".join(rows))
 
     def claim(self, claim: str, *, paper, ours, protocol: str, verdict: str, source: str = ""):
         """One row of the claims ledger: the paper's claim, its number, ours (with the

@@ -82,8 +82,41 @@ def test_ci_rebuilds_every_chapter_from_its_run_records(tmp_path):
     for c in page["cells"]:
         for o in c.get("outputs", []):
             if o.get("metadata", {}).get("scrapbook", {}).get("name") == "hi_final":
-                o["data"]["text/plain"] = "0.0"
+                o["data"] = {k: "0.0" for k in o["data"]}  # as myst-nb stores it
     tampered = tmp_path / "foundations.ipynb"
     tampered.write_text(json.dumps(page))
     status, detail = bb.check(ROOT / "notebooks" / "foundations.ipynb", tampered, tmp_path / "x")
     assert status == "differs" and "hi_final" in detail, detail
+
+
+def bare_outputs(page: Path) -> list[str]:
+    """The outputs of an executed page that show a bare Python value: an ``execute_result``
+    with nothing but ``text/plain`` (a quoted string, an unformatted float, a namespace),
+    outside glue and outside cells tagged ``shows-value`` (meant to show one)."""
+    found = []
+    for i, c in enumerate(json.loads(page.read_text())["cells"]):
+        if c["cell_type"] != "code" or "shows-value" in c.get("metadata", {}).get("tags", []):
+            continue
+        for o in c.get("outputs", []):
+            data = o.get("data", {})
+            if (o["output_type"] in ("execute_result", "display_data") and set(data) == {"text/plain"}
+                    and not o.get("metadata", {}).get("scrapbook")):
+                found.append(f"{page.name} cell {i}: {''.join(data['text/plain'])[:80]!r}")
+    return found
+
+
+def test_no_bare_values_on_the_pages(tmp_path):
+    """On every fresh page; a page bannered stale shows an earlier version of its chapter
+    until its records are there and it is re-executed."""
+    bb = _build_tool()
+    pages = [p for p in sorted((ROOT / "book").glob("*.ipynb"))
+             if not any(bb.BANNER_TAG in c.get("metadata", {}).get("tags", [])
+                        for c in json.loads(p.read_text())["cells"])]
+    assert len(pages) >= 5, [p.name for p in pages]
+    bad = [b for p in pages for b in bare_outputs(p)]
+    assert not bad, "bare values on the pages:\n" + "\n".join(bad)
+    # the check can fail
+    page = tmp_path / "x.ipynb"
+    page.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {}, "source": "x", "outputs": [
+        {"output_type": "execute_result", "data": {"text/plain": "'sym40'"}, "metadata": {}}]}]}))
+    assert bare_outputs(page) == ["x.ipynb cell 0: \"'sym40'\""]

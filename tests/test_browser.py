@@ -1,6 +1,7 @@
 """Open every page of the built book in headless Chromium (Debian's, driven by Playwright),
 offline: every page loads, every figure image has loaded, no error or traceback output is
-shown, the maths is typeset, and no request leaves the site. A screenshot per page goes to
+shown, the maths is typeset, nothing runs past the content column (a wide table scrolls
+inside its own box), and no request leaves the site. A screenshot per page goes to
 ``_build/screenshots/``. Skipped where Chromium or Playwright is not installed
 (``.ci/run`` installs both)."""
 import shutil
@@ -12,6 +13,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# elements of the page whose right edge lies past the content column, unless a scrolling
+# box (overflow-x auto/scroll) inside the column holds them; a box that hides overflow
+# (hidden/clip) cuts them off, which counts as running past
+OVERFLOW_JS = """() => {
+  const column = document.querySelector("article") || document.querySelector("main") || document.body;
+  const right = column.getBoundingClientRect().right + 1;
+  const bad = [];
+  for (const el of column.querySelectorAll("table, img, pre, svg, .cell_output, mjx-container, figure")) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.right <= right) continue;
+    let a = el.parentElement, held = false;
+    while (a && a !== column.parentElement) {
+      const s = getComputedStyle(a).overflowX;
+      if ((s === "auto" || s === "scroll") && a.getBoundingClientRect().right <= right) { held = true; break; }
+      a = a.parentElement;
+    }
+    if (!held) bad.push(`${el.tagName.toLowerCase()} "${(el.textContent || el.getAttribute("src") || "").trim().slice(0, 40)}" (right edge ${Math.round(r.right)} > ${Math.round(right)})`);
+  }
+  return bad.slice(0, 5);
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +85,8 @@ def test_every_page_renders_offline(built_book, browser, toc_files):
                 problems.append(f"{f}: shows '{marker}'")
         if page.locator(".output.traceback, .system-message, .problematic").count():
             problems.append(f"{f}: shows an error output or a Sphinx/docutils problem")
+        for what in page.evaluate(OVERFLOW_JS):
+            problems.append(f"{f}: {what} runs past the content column")
         if outside:
             problems.append(f"{f}: requests outside the site: {sorted(set(outside))[:3]}")
         page.screenshot(path=str(shots / f"{Path(f).name}.png"), full_page=True)

@@ -129,8 +129,9 @@ def glued(path: Path) -> dict:
     for c in json.loads(path.read_text())["cells"]:
         for o in c.get("outputs", []):
             name = o.get("metadata", {}).get("scrapbook", {}).get("name")
-            if name:
-                out[name] = o.get("data", {}).get("text/plain")
+            if name:  # myst-nb stores the value under its papermill.record mime type
+                data = o.get("data", {})
+                out[name] = next((v for k, v in data.items() if k.endswith("text/plain")), None)
     return out
 
 
