@@ -124,14 +124,19 @@ def set_banner(path: Path, reason: str | None) -> None:
 
 
 def glued(path: Path) -> dict:
-    """``{name: text/plain}`` of the numbers a notebook glued for its prose."""
+    """``{name: text}`` of what a notebook glued for its prose: the plain text of a number
+    or a string, the HTML of a glued table (pandas' random table ids made neutral)."""
+    import re
+
     out = {}
     for c in json.loads(path.read_text())["cells"]:
         for o in c.get("outputs", []):
             name = o.get("metadata", {}).get("scrapbook", {}).get("name")
             if name:  # myst-nb stores the value under its papermill.record mime type
-                data = o.get("data", {})
-                out[name] = next((v for k, v in data.items() if k.endswith("text/plain")), None)
+                data = {k.rsplit("/", 2)[-2] + "/" + k.rsplit("/", 1)[-1]: "".join(v) if isinstance(v, list) else v
+                        for k, v in o.get("data", {}).items()}
+                html = data.get("text/html")
+                out[name] = re.sub(r"T_[0-9a-f]{5}", "T_", html) if html else data.get("text/plain")
     return out
 
 
