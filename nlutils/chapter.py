@@ -246,7 +246,8 @@ class Chapter:
         metrics = {**self.metrics, **(extra_metrics or {})}
         return results.save(self.name, metrics, profile=self.profile, parameters=vars(self.cfg),
                             directory=results_folder(),
-                            seeds=getattr(self.cfg, "seeds", None),
+                            seeds=getattr(self.cfg, "seeds", None) or (
+                                [self.cfg.seed] if hasattr(self.cfg, "seed") else None),
                             run_seconds=time.perf_counter() - self.started,
                             headline=headline, claims=self.claims,
                             compute_seconds=self.store.seconds,
