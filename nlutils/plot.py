@@ -60,8 +60,8 @@ def memorisation_panels(curves, methods: dict, title: str = ""):
             ax.grid(alpha=0.3)
             ax.set_xlabel("epoch" if row == len(methods) - 1 else "")
             ax.set_ylabel("fraction of examples (%)" if col == 0 else "")
-            if row == 0:
-                ax.legend(fontsize=8, loc="center right")
+    for col in range(2):  # under the panels, where it covers no curve
+        axes[-1, col].legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
