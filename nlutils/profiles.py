@@ -314,6 +314,50 @@ def with_asymmetric_map(name, v):
         raise ValueError(f"{name}={v!r} has no asymmetric (Patrini) noise map; choose one of {', '.join(maps)}")
 
 
+def rows_left(where: str, taken: str) -> Rule:
+    """A bound: sizes (a list) at most the training images of ``where``'s data set less the
+    rows parameter ``taken`` holds out (``clean_sizes`` within what ``n_val`` leaves)."""
+    @bound(bad=[[HUGE]])
+    def check(name, v, cfg):
+        ds = getattr(cfg, where)
+        left = sum(data.class_counts(ds)) - getattr(cfg, taken)
+        if max(v) > left:
+            raise ValueError(f"{name}={v} asks for more than the {left} training images of {ds} "
+                             f"that {taken}={getattr(cfg, taken)} leaves")
+    return check
+
+
+def each_below(other: str) -> Rule:
+    """A bound: every item of a list below the value of parameter ``other`` (learning-rate
+    milestones within ``epochs``)."""
+    @bound(bad=[[HUGE]])
+    def check(name, v, cfg):
+        if any(x >= getattr(cfg, other) for x in v):
+            raise ValueError(f"{name}={v} must hold values below {other}={getattr(cfg, other)}")
+    return check
+
+
+def at_most_len(other: str, minus: int = 0, why: str = "") -> Rule:
+    """A bound: a count at most the length of list parameter ``other``, less ``minus``."""
+    @bound()
+    def check(name, v, cfg):
+        most = len(getattr(cfg, other)) - minus
+        if v > most:
+            raise ValueError(f"{name}={v} must be at most {most}{why} ({other}={getattr(cfg, other)})")
+    return check
+
+
+def needs(item, other: str, value, otherwise) -> Rule:
+    """A bound: a list that holds ``item`` needs parameter ``other`` to equal ``value``
+    (``otherwise``: another valid value of ``other``, for the generated test)."""
+    @bound(bad=[[item]], context={other: otherwise})
+    def check(name, v, cfg):
+        if item in v and getattr(cfg, other) != value:
+            raise ValueError(f"{name}={v}: {item!r} needs {other}={value!r}, "
+                             f"not {getattr(cfg, other)!r}; set it or drop {item!r}")
+    return check
+
+
 #: parameter name -> rule; a chapter adds its own with ``resolve(..., checks=...)``
 CHECKS = {
     "dataset": _choice(data.DATASETS),
