@@ -112,7 +112,7 @@ def test_no_bare_values_on_the_pages(tmp_path):
     pages = [p for p in sorted((ROOT / "book").glob("*.ipynb"))
              if not any(bb.BANNER_TAG in c.get("metadata", {}).get("tags", [])
                         for c in json.loads(p.read_text())["cells"])]
-    assert len(pages) >= 5, [p.name for p in pages]
+    assert len(pages) >= 4, [p.name for p in pages]  # the test must not become vacuous
     bad = [b for p in pages for b in bare_outputs(p)]
     assert not bad, "bare values on the pages:\n" + "\n".join(bad)
     # the check can fail
