@@ -293,10 +293,10 @@ def at_most(other: str) -> Rule:
     return check
 
 
-def among(other: str) -> Rule:
+def among(other: str, bad=(["digits_clean"],)) -> Rule:
     """A bound: a list whose items are all in the list parameter ``other`` (the settings
-    that get the secondary seeds are among ``settings``)."""
-    @bound(bad=[["digits_clean"]])
+    that get the secondary seeds are among ``settings``); ``bad``: lists it refuses."""
+    @bound(bad=list(bad))
     def check(name, v, cfg):
         extra = [x for x in v if x not in getattr(cfg, other)]
         if extra:
