@@ -255,7 +255,7 @@ def datasets_of(value) -> list[str]:
     return sorted({v if v in data.SPECS else setting.parse(v).dataset for v in values})
 
 
-def fewer_than_class(where: str, leave: int = 1, why: str = "") -> Rule:
+def fewer_than_class(where: str, leave: int = 1) -> Rule:
     """A bound: a count per class (trusted rows, folds) below the smallest class of the
     training set of every data set named by parameter ``where``, leaving ``leave`` rows of it."""
     @bound()
@@ -264,8 +264,8 @@ def fewer_than_class(where: str, leave: int = 1, why: str = "") -> Rule:
             smallest = min(data.class_counts(ds))
             if v > smallest - leave:
                 raise ValueError(f"{name}={v} is too large: the smallest class of {ds}'s training "
-                                 f"set has {smallest} images (from {where}={getattr(cfg, where)!r})"
-                                 f"{why}; use at most {smallest - leave}")
+                                 f"set has {smallest} images (from {where}={getattr(cfg, where)!r}); "
+                                 f"use at most {smallest - leave}")
     return check
 
 

@@ -56,19 +56,8 @@ def run_setup(chapter: str, params: dict, profile: str = "smoke") -> dict:
 
 @lru_cache(maxsize=None)
 def declarations(chapter: str):
-    """``{parameter: (default, [rules])}`` of a chapter, from its own presets and checks."""
-    ns = run_setup(chapter, {})
-    presets = ns["PRESETS"]
-    checks = _chapter_checks(chapter, ns)
-    out = {}
-    for name in sorted(profiles.declared(presets) - {"profile"}):
-        default = next((p[name] for p in presets.values() if p.get(name) is not None), None)
-        out[name] = (default, profiles.rules_for(name, checks))
-    return out
-
-
-def _chapter_checks(chapter, ns):
-    """The ``checks`` the chapter passes to Chapter(...), captured by a stand-in."""
+    """``{parameter: (default, [rules])}`` of a chapter, from its own presets and the
+    ``checks`` it passes to Chapter(...) (captured by a stand-in while its setup runs)."""
     import nlutils.chapter as chapter_mod
 
     seen = {}
@@ -79,10 +68,14 @@ def _chapter_checks(chapter, ns):
         real(self, *a, checks=checks, **kw)
     chapter_mod.Chapter.__init__ = spy
     try:
-        run_setup(chapter, {})
+        presets = run_setup(chapter, {})["PRESETS"]
     finally:
         chapter_mod.Chapter.__init__ = real
-    return seen["checks"] or {}
+    out = {}
+    for name in sorted(profiles.declared(presets) - {"profile"}):
+        default = next((p[name] for p in presets.values() if p.get(name) is not None), None)
+        out[name] = (default, profiles.rules_for(name, seen["checks"] or {}))
+    return out
 
 
 def wrong_type(default):
@@ -91,9 +84,7 @@ def wrong_type(default):
         return 3
     if isinstance(default, (int, float)):
         return "seven"  # a string that is no literal
-    if isinstance(default, list):
-        return 7
-    return 7  # for a string parameter
+    return 7  # for a list or a string parameter
 
 
 def cases():
