@@ -61,6 +61,21 @@ def test_matches_higher(seed, opt_name, make, method):
     assert _rel(ours, ref) <= 1e-9
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gram_path_matches_higher(seed):
+    """SGD virtual step on an MLP: the Gram form (noisy and trusted rows in one pass)."""
+    model, opt, x, y, xv, yv = _setup(_mlp, "sgd", seed)
+    ref = reweight.meta_gradient_higher(model, opt, x, y, xv, yv)
+    assert _rel(reweight.meta_gradient(model, opt, x, y, xv, yv, inner="sgd", method="gram"), ref) <= 1e-9
+    with pytest.raises(ValueError, match="gram"):
+        reweight.meta_gradient(model, torch.optim.Adam(model.parameters()), x, y, xv, yv, inner="adam",
+                               method="gram")
+    with pytest.raises(ValueError, match="gram"):  # a layer that mixes rows is not row-wise
+        bn = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.BatchNorm1d(16, affine=False), nn.Linear(16, 5))
+        reweight.meta_gradient(bn, torch.optim.SGD(bn.parameters(), lr=0.1), x.float(), y, xv.float(), yv,
+                               inner="sgd", method="gram")
+
+
 def test_matches_higher_in_float32():
     model, opt, x, y, xv, yv = _setup(_mlp, "adam", 0, dtype=torch.float32)
     ref = reweight.meta_gradient_higher(model, opt, x, y, xv, yv)

@@ -36,7 +36,12 @@ output, :math:`a_i` its input), so :math:`\langle U, \delta_i a_i^\top\rangle =
 \delta_i^\top U a_i`: a batch of them costs one matrix product and no per-example gradient
 is ever formed. The same :math:`\delta_i, a_i` give the real update
 :math:`\sum_i w_i \delta_i a_i^\top` without a second backward pass. The extra cost of the
-method is one forward/backward pass on the trusted batch. For networks with other
+method is one forward/backward pass on the trusted batch. With the plain SGD virtual step
+(:math:`u = \nabla L_v`, itself a sum of rank-one terms :math:`\sum_j \delta_{vj} a_{vj}^\top`)
+on an MLP it is less: :math:`\delta_i^\top U a_i = \sum_j (\delta_i^\top \delta_{vj})
+(a_i^\top a_{vj})`, two small Gram matrices from one forward/backward of the noisy and
+trusted rows together, and the trusted gradient is never formed. Adam's elementwise
+preconditioner :math:`1/d` breaks that factorisation. For networks with other
 parameterised layers the inner products come from one forward-mode pass
 (``torch.func.jvp`` of the per-example losses in direction :math:`u`), which is exact too.
 
@@ -208,6 +213,47 @@ class _LinearTape:
         return [d.detach() for d in torch.autograd.grad(per_example_loss.sum(), self.outputs)]
 
 
+_ROWWISE = (nn.Linear, nn.Flatten, nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU,
+            nn.Tanh, nn.Sigmoid, nn.Softplus)
+
+
+def _rowwise_mlp(model) -> bool:
+    """An ``nn.Sequential`` whose every layer acts on each row alone (linear layers and
+    element-wise activations): stacking two batches into one changes no row's output."""
+    return isinstance(model, nn.Sequential) and all(
+        isinstance(m, _ROWWISE) and (not isinstance(m, nn.Flatten) or m.start_dim == 1) for m in model)
+
+
+def _use_gram(model, inner, method, cache=None) -> bool:
+    """Whether the Gram path applies (``method='gram'`` where it cannot is an error)."""
+    ok = inner == "sgd" and _rowwise_mlp(model) and _linear_only(model, cache) is not None
+    if method == "gram" and not ok:
+        raise ValueError("method='gram' needs inner='sgd' and an nn.Sequential of linear layers "
+                         "and element-wise activations")
+    return ok and method in ("auto", "gram")
+
+
+def _dots_gram(linears, model, x, y, x_v, y_v, loss_fn):
+    r"""SGD virtual step on a row-wise MLP: :math:`\langle\nabla L_v, \nabla\ell_i\rangle =
+    \sum_l \sum_j (\delta_i^\top\delta_{vj})(a_i^\top a_{vj} + [\text{bias}])`, since
+    :math:`\nabla_W L_v = \sum_j \delta_{vj} a_{vj}^\top` (with :math:`\delta_{vj}` scaled by
+    :math:`1/B_v`). Noisy and trusted rows share one forward and one backward to the layer
+    outputs, and the trusted gradient is never formed: a Gram matrix :math:`A A_v^\top`
+    replaces both it and the product :math:`A U^\top`. Returns the dots and the tape of the
+    noisy rows (inputs, deltas, per-example losses) for the weighted update."""
+    b = len(y)
+    tape = _LinearTape(model, linears, torch.cat([x, x_v.to(x.dtype)]))
+    per = loss_fn(tape.logits, torch.cat([y, y_v]), reduction="none")
+    deltas = [d.detach() for d in torch.autograd.grad(per[:b].sum() + per[b:].mean(), tape.outputs)]
+    dots = 0
+    for m, a, d in zip(linears, tape.inputs, deltas):
+        k = a[:b] @ a[b:].t()  # B x B_v: a_i . a_vj
+        if m.bias is not None:
+            k += 1
+        dots = dots + ((d[:b] @ d[b:].t()) * k).sum(1)
+    return dots, ([a[:b] for a in tape.inputs], [d[:b] for d in deltas], per[:b])
+
+
 def _dots_closed_form(linears, tape, deltas, u_by_param):
     """⟨u, ∇ℓ_i⟩ for all i: Σ_layers δ_iᵀ U a_i + δ_iᵀ u_b (no per-example gradient)."""
     s = 0
@@ -269,8 +315,12 @@ def meta_gradient(model, optimizer, x, y, x_v, y_v, inner="adam", loss_fn=F.cros
                   method="auto", inner_lr=None, higher_eps=False):
     r""":math:`\partial L_v(\theta'(\epsilon))/\partial\epsilon` at :math:`\epsilon=0`
     for the batch ``(x, y)`` and trusted batch ``(x_v, y_v)``: a tensor of shape ``(B,)``.
-    ``method``: ``"closed"`` (linear layers only), ``"jvp"`` (any network) or ``"auto"``."""
+    ``method``: ``"closed"`` (linear layers only), ``"gram"`` (SGD virtual step on an MLP of
+    row-wise layers), ``"jvp"`` (any network) or ``"auto"`` (gram, else closed, else jvp)."""
     theta_bar, denom, scale = lookahead(model, optimizer, inner, inner_lr, higher_eps)
+    if _use_gram(model, inner, method):
+        dots, _ = _dots_gram(_linear_only(model), model, x, y, x_v, y_v, loss_fn)
+        return -scale * dots.detach()
     g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, loss_fn)
     u = g_v if denom is None else torch._foreach_div(g_v, denom)
     dots, _ = _inner_products(model, x, y, u, loss_fn, method)
@@ -295,8 +345,9 @@ class MetaReweight:
     reweighted gradient written into ``.grad`` (call ``optimizer.step()`` afterwards).
 
     ``inner``: ``"adam"`` (the blog's virtual step through Adam's state) or ``"sgd"``
-    (Ren et al.'s plain SGD step). ``method``: ``"auto"`` (closed form for all-linear
-    networks, else a JVP), ``"closed"``, ``"jvp"``, or ``"higher"`` (the blog's
+    (Ren et al.'s plain SGD step). ``method``: ``"auto"`` (Gram matrices for the SGD step on
+    an MLP, the closed form for other all-linear networks, else a JVP), ``"gram"``,
+    ``"closed"``, ``"jvp"``, or ``"higher"`` (the blog's
     second-order pass, for comparison). Under ``torch.autocast`` (bf16 training) the
     meta-gradient is still computed in float32; only the weighted step runs in bf16.
     ``higher_eps``: take Adam's virtual step exactly as
@@ -356,17 +407,23 @@ class MetaReweight:
         with torch.autocast(xb.device.type, enabled=False):
             theta_bar, denom, scale = lookahead(model, self.optimizer, self.inner,
                                                higher_eps=self.higher_eps)
-            g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, self.loss_fn, self._linears)
-            if denom is not None:  # u = ∇L_v(θ̄) / d, in place (g_v is a fresh list)
-                torch._foreach_div_(g_v, denom)
-            u = g_v
-            dots, tape = _inner_products(model, xb, yb, u, self.loss_fn, self.method, self._linears)
+            if _use_gram(model, self.inner, self.method, self._linears):
+                linears = _linear_only(model, self._linears)
+                dots, (inputs, deltas, per) = _dots_gram(linears, model, xb, yb, x_v, y_v, self.loss_fn)
+                tape = (linears, inputs, deltas, per)
+            else:
+                g_v, _ = _trusted_gradient(model, theta_bar, x_v, y_v, self.loss_fn, self._linears)
+                if denom is not None:  # u = ∇L_v(θ̄) / d, in place (g_v is a fresh list)
+                    torch._foreach_div_(g_v, denom)
+                dots, tape = _inner_products(model, xb, yb, g_v, self.loss_fn, self.method, self._linears)
+                if tape is not None:
+                    tape = (tape[0], tape[1].inputs, tape[2], tape[3])
             w = weights_from_meta_gradient(-scale * dots.detach())
             if tape is not None:
                 # the forward and the backward to the layer outputs that gave the weights
                 # also give the update Σ_i w_i δ_i a_iᵀ: no second backward pass (float32)
-                linears, tape, deltas, per = tape
-                for m, a, d in zip(linears, tape.inputs, deltas):
+                linears, inputs, deltas, per = tape
+                for m, a, d in zip(linears, inputs, deltas):
                     wd = d * w.unsqueeze(1)
                     m.weight.grad = wd.t() @ a
                     if m.bias is not None:
