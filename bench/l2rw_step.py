@@ -4,13 +4,16 @@
 * plain  — cross-entropy forward/backward + Adam step (the baseline);
 * floor  — plain + one extra forward/backward on a trusted batch of 128 (what any exact
   method must at least add);
-* fast   — nlutils.methods.reweight.MetaReweight (closed form, Adam and SGD inner steps);
+* fast   — nlutils.methods.reweight.MetaReweight (closed form with Adam's virtual step, Gram
+  matrices with SGD's);
 * higher — the blog's second-order pass through ``higher`` + the weighted backward;
 
 and, on the fast CIFAR network (bf16, ``channels_last``, batch 256), plain, floor and L2RW
 with the SGD virtual step (JVP path), under ``"cnn"``.
 
-Prints ms per step and the ratios to plain; writes bench/results/l2rw_step.json.
+Prints ms per step and the ratios to plain, beside the ratio of the matrix products' multiply-adds
+(:func:`multiply_adds`, the part of the cost no implementation can skip); writes
+bench/results/l2rw_step.json.
 
     python bench/l2rw_step.py [--steps 300]
 """
@@ -26,6 +29,33 @@ import torch.nn.functional as F
 
 from nlutils import models, train
 from nlutils.methods import reweight
+
+
+def multiply_adds(kind, sizes=(784, 128, 64, 10), b=128, bv=128):
+    """Multiply-adds of the matrix products of one step on an MLP of ``sizes`` (batch ``b``,
+    trusted batch ``bv``): what no implementation can skip, per kind. Per linear layer
+    (``n`` in, ``o`` out): a forward is ``b·n·o``, a weight gradient ``b·n·o``, an input
+    gradient (not for the first layer) ``b·n·o``.
+
+    * plain: forward, weight and input gradients;
+    * floor: plain + the same on the trusted batch;
+    * fast_adam: floor + the products ``A Uᵀ`` (``b·n·o``): Adam's elementwise
+      preconditioner ``u = g_v / d`` leaves no shortcut;
+    * fast_sgd: noisy and trusted rows through one forward/backward to the layer outputs,
+      the Gram matrices ``A A_vᵀ`` (``b·bv·n``) and ``Δ Δ_vᵀ`` (``b·bv·o``) in place of the
+      trusted weight gradient and ``A Uᵀ``, the weighted update (``b·n·o``)."""
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    fwd_bwd = lambda rows: sum(rows * n * o * (2 if i == 0 else 3) for i, (n, o) in enumerate(layers))
+    if kind == "plain":
+        return fwd_bwd(b)
+    if kind == "floor":
+        return fwd_bwd(b) + fwd_bwd(bv)
+    if kind == "fast_adam":
+        return fwd_bwd(b) + fwd_bwd(bv) + sum(b * n * o for n, o in layers)
+    if kind == "fast_sgd":
+        to_outputs = sum((b + bv) * n * o * (1 if i == 0 else 2) for i, (n, o) in enumerate(layers))
+        return to_outputs + sum(b * bv * (n + o) + b * n * o for n, o in layers)
+    return float("nan")  # higher: a second-order pass, not a product count
 
 
 def batch_cycle(n, batch, g):
@@ -124,11 +154,14 @@ def main():
         for kind in kinds:
             ms = timed(make(kind), args.steps)
             results[kind] = min(ms, results.get(kind, float("inf")))
+    macs = {k: multiply_adds(k) / multiply_adds("plain") for k in kinds}
     print(f"L2RW step cost, MLP 784-128-64-10, batch 128 ({torch.get_num_threads()} threads)")
     for kind in kinds:
-        print(f"  {kind:12s} {results[kind]:6.2f} ms/step   {results[kind] / results['plain']:5.2f}x plain")
+        print(f"  {kind:12s} {results[kind]:6.2f} ms/step   {results[kind] / results['plain']:5.2f}x plain"
+              + (f"   (matrix products {macs[kind]:4.2f}x plain)" if macs[kind] == macs[kind] else ""))
     out = {"ms_per_step": results,
            "ratio_to_plain": {k: v / results["plain"] for k, v in results.items()},
+           "multiply_adds_ratio_to_plain": {k: v for k, v in macs.items() if v == v},
            "higher_over_fast_adam": results["higher_adam"] / results["fast_adam"],
            "threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.cnn_steps:
