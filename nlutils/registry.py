@@ -68,7 +68,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import data, models, noise, train
+from . import data, models, noise, setting as setting_lib, train
 from .methods import correction, detection, elr, elr_plus, gradsim, reweight, robust_losses
 from .recipe import Recipe
 from .setting import Problem, Setting
@@ -84,7 +84,8 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("ce", "cross-entropy", defaults=(("with_trusted", False), ("stop_rule", "recipe"))),
+    Method("ce", "cross-entropy", defaults=(("with_trusted", False), ("stop_rule", "recipe"),
+                                            ("warm_start", ()))),
     Method("finetune", "cross-entropy, then fine-tuning on the trusted rows", uses_trusted=True,
            defaults=(("with_trusted", True), ("finetune_epochs", 10), ("finetune_lr", None))),
     Method("oracle", "cross-entropy on the correctly labelled rows", uses_mask=True),
@@ -327,31 +328,57 @@ def _run_copies(problem: Problem, method: str, prm: dict, *, model, recipe, seed
     x = problem.ds.x_train
     net = build_model(model, problem, seed, model_args)
     val = (x.index_select(0, problem.val), problem.ds.y_train[problem.val]) if len(problem.val) else None
-    fit_kw = dict(recipe.fit_kwargs(), seed=seed, device=device, progress=progress,
-                  desc=f"ce {problem.setting.name} lr={recipe.lr:g} seed={seed}")
-    if prm["stop_rule"] == "blog":
-        if val is None:
-            raise ValueError("stop_rule='blog' needs a validation split (val_fraction > 0)")
-        log: list = []
-        ev = dict(device=device, precision=recipe.precision, channels_last=x.ndim == 4 and train.uses_conv(net))
-        xv, yv = val
+    if prm["stop_rule"] == "blog" and val is None:
+        raise ValueError("stop_rule='blog' needs a validation split (val_fraction > 0)")
+    if prm["warm_start"] and prm["stop_rule"] != "blog":
+        raise ValueError("warm_start replays the blog's sweep: it needs stop_rule='blog'")
+    ev = dict(device=device, precision=recipe.precision, channels_last=x.ndim == 4 and train.uses_conv(net))
 
-        def blog_rule(epoch, m, rec):
-            rec["val_acc"] = train.accuracy(m, xv, yv, **ev)
-            log.append(rec["val_acc"])
-            return epoch > 4 and rec["val_acc"] <= max(log[-4:-1])
-        fit_kw.update(on_epoch_end=blog_rule, patience=None)
-        val = None
-    h = train.fit(net, x, problem.row_labels, index=problem.image, test=(problem.ds.x_test, problem.ds.y_test),
-                  val=val, track_train=False, **fit_kw)
+    def one(p: Problem, r: Recipe):
+        """One run of the procedure on ``net`` as it is (the blog's rule: fresh validation log)."""
+        fit_kw = dict(r.fit_kwargs(), seed=seed, device=device, progress=progress,
+                      desc=f"ce {p.setting.name} lr={r.lr:g} seed={seed}")
+        v = val
+        if prm["stop_rule"] == "blog":
+            log: list = []
+
+            def blog_rule(epoch, m, rec):
+                rec["val_acc"] = train.accuracy(m, *val, **ev)
+                log.append(rec["val_acc"])
+                return epoch > 4 and rec["val_acc"] <= max(log[-4:-1])
+            fit_kw.update(on_epoch_end=blog_rule, patience=None)
+            v = None
+        return train.fit(net, x, p.row_labels, index=p.image, test=(p.ds.x_test, p.ds.y_test),
+                         val=v, track_train=False, **fit_kw)
+
+    # The blog's sweep builds its networks once and trains the same object for every
+    # (alpha, lr) in turn: ``warm_start`` replays those earlier runs on this network first
+    # (same images, seed and splits; each with a fresh optimiser, as the blog's train() has).
+    warm = [one(_sibling(problem, int(a)), recipe.replace(lr=float(lr))) for a, lr in prm["warm_start"]]
+    h = one(problem, recipe)
     metrics = _protocol_metrics(h, recipe if prm["stop_rule"] == "recipe" else None)
     steps = len(h) * (recipe.steps_per_epoch or -(-len(problem.image) // recipe.batch_size))
     metrics.update(seconds=float(h["seconds"].sum()), steps=int(steps),
                    throughput=steps * recipe.batch_size / max(float(h["seconds"].sum()), 1e-9))
+    if warm:  # what the earlier runs of the sweep cost and reached
+        metrics.update(warm_seconds=float(sum(w["seconds"].sum() for w in warm)),
+                       warm_test_acc=[float(w["test_acc"].iloc[-1]) for w in warm],
+                       warm_epochs=[len(w) for w in warm])
     if "val_acc" in h:
         metrics["val_best"] = float(h["val_acc"].max())
     keep["model"] = net
     return metrics, h, {}
+
+
+def _sibling(problem: Problem, alpha: int) -> Problem:
+    """The same massive-noise problem (data, label kind, seed, clean and validation images)
+    at another ``alpha``; a problem of no named data set (the canary's synthetic rows) is
+    its own sibling."""
+    s = problem.setting
+    if s.data not in setting_lib.DATA:
+        return problem
+    kind = "alphashift" if s.noise == "massive_shift" else "alpha"
+    return setting_lib.parse(f"{s.data}_{kind}{alpha}").build(problem.seed, **problem.options)
 
 
 def cross_val_probs(problem: Problem, model: str, recipe: Recipe, seed: int, folds: int,

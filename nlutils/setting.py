@@ -35,7 +35,7 @@ stratified by the given labels), as indices into ``x_train``: no image is copied
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -109,7 +109,9 @@ class Setting:
         val = torch.empty(0, dtype=torch.long)
         if val_fraction:
             val, rest = data.validation_split(rest, val_fraction, seed=seed, labels=nl.noisy)
-        return Problem(self, seed, ds, nl, rest, trusted, val)
+        return Problem(self, seed, ds, nl, rest, trusted, val,
+                       options=dict(n_train=n_train, trusted_per_class=trusted_per_class,
+                                    val_fraction=val_fraction))
 
     def _build_copies(self, seed, ds, n_train, val_fraction) -> "Problem":
         """Rolnick's rows: clean validation images first (seed ``seed``), then ``n_train``
@@ -137,7 +139,7 @@ class Setting:
         clean = noise.NoisyLabels(y.clone(), y.clone(), torch.zeros(len(y), dtype=torch.bool),
                                   torch.eye(K, dtype=torch.float64), torch.eye(K, dtype=torch.float64))
         return Problem(self, seed, ds, clean, torch.arange(len(image)), torch.empty(0, dtype=torch.long),
-                       val, image=image, row_labels=labels)
+                       val, image=image, row_labels=labels, options=dict(n_train=n_train, val_fraction=val_fraction))
 
 
 @dataclass
@@ -153,6 +155,7 @@ class Problem:
     val: torch.Tensor          # noisy validation rows, empty unless asked for (images)
     image: torch.Tensor | None = None       # massive noise: the image of each training row
     row_labels: torch.Tensor | None = None  # ... and its label (train holds row numbers)
+    options: dict = field(default_factory=dict)  # build()'s row options (n_train, val_fraction, ...)
 
     @property
     def num_classes(self) -> int:

@@ -254,3 +254,23 @@ def test_stop_file_ends_a_computation_between_runs(tmp_path, monkeypatch):
     with pytest.raises(runs.Stopped, match="STOP"):
         store.run({"method": "ce", "seed": 2}, lambda: calls.append(2) or ({"acc": 3.0}, None, {}))
     assert calls == [1] and not store.path({"method": "ce", "seed": 2}).exists()
+
+
+def test_blog_sweep_replayed_on_one_network(digits):
+    """``warm_start``: the blog's sweep trains one network object for every (alpha, lr) in
+    turn; the replay starts the last run from the weights the earlier runs left."""
+    from nlutils import registry
+    p = setting.parse("digits_alphashift2").build(0, n_train=300, val_fraction=0.2)
+    before = registry._sibling(p, 1)
+    assert torch.equal(before.val, p.val) and torch.equal(before.image[::2], p.image[::3])
+    r = recipe.Recipe(optimizer="adadelta", lr=0.5, momentum=0.0, batch_size=64, epochs=6)
+    blog = {"stop_rule": "blog"}
+    fresh, _, _ = registry.run(p, "ce", model="mlp1", recipe=r, seed=0, params=blog)
+    again, _, _ = registry.run(p, "ce", model="mlp1", recipe=r, seed=0, params=blog)
+    warm, _, _ = registry.run(p, "ce", model="mlp1", recipe=r, seed=0,
+                              params={**blog, "warm_start": [[0, 0.1], [1, 0.05]]})
+    assert fresh["acc_last"] == again["acc_last"]  # deterministic: the difference is the start
+    assert len(warm["warm_test_acc"]) == 2 and len(warm["warm_epochs"]) == 2 and warm["warm_seconds"] > 0
+    assert warm["acc_last"] != fresh["acc_last"]
+    with pytest.raises(ValueError, match="warm_start"):
+        registry.run(p, "ce", model="mlp1", recipe=r, seed=0, params={"warm_start": [[0, 0.1]]})
