@@ -76,8 +76,10 @@ def timed(step, n, warmup=20):
 def cnn_costs(steps: int) -> dict:
     """The same comparison on the fast CIFAR network in the book's training precision (bf16
     autocast, channels_last; the meta-gradient in float32): plain Nesterov-SGD steps, the
-    floor (plus a trusted forward/backward), and L2RW with the SGD virtual step, whose inner
-    products through the convolutions come from one forward-mode pass (``torch.func.jvp``)."""
+    floor (plus a trusted forward/backward in bf16, and in float32 as L2RW computes it), and
+    L2RW with the SGD virtual step, whose inner products through the convolutions come from
+    one forward-mode pass in float32 (``torch.func.jvp``): L2RW minus ``floor_fp32`` is
+    that pass."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1024, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (1024,), generator=g)
@@ -94,6 +96,9 @@ def cnn_costs(steps: int) -> dict:
             rows = next(batches)
             xb, yb = x.index_select(0, rows), y.index_select(0, rows)
             opt.zero_grad(set_to_none=True)
+            if kind == "floor_fp32":  # the trusted pass as L2RW makes it: float32
+                torch.autograd.grad(F.cross_entropy(net(xv[:128]), yv[:128]),
+                                    [p for p in net.parameters() if p.requires_grad])
             with train.autocast("bf16"):
                 if kind == "floor":
                     torch.autograd.grad(F.cross_entropy(net(xv[:128]).float(), yv[:128]),
@@ -107,7 +112,7 @@ def cnn_costs(steps: int) -> dict:
 
     out: dict = {}
     for _ in range(2):
-        for kind in ("plain", "floor", "l2rw_sgd"):
+        for kind in ("plain", "floor", "floor_fp32", "l2rw_sgd"):
             out[kind] = min(timed(make(kind), steps, warmup=3), out.get(kind, float("inf")))
     return out
 
