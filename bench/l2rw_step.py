@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -127,6 +129,7 @@ def main():
     y = torch.randint(0, 10, (4096,), generator=g)
     xv, yv = torch.randn(500, 1, 28, 28, generator=g), torch.randint(0, 10, (500,), generator=g)
     results = {}
+    load = os.getloadavg()[0]  # what else the machine ran when the measurement started
 
     def make(kind):
         net = models.build("mlp", (1, 28, 28), 10, seed=0)
@@ -168,7 +171,8 @@ def main():
            "ratio_to_plain": {k: v / results["plain"] for k, v in results.items()},
            "multiply_adds_ratio_to_plain": {k: v for k, v in macs.items() if v == v},
            "higher_over_fast_adam": results["higher_adam"] / results["fast_adam"],
-           "threads": torch.get_num_threads(), "torch": torch.__version__}
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "cpu": platform.processor() or platform.machine(), "load_average_1min_at_start": load}
     if args.cnn_steps:
         cnn = cnn_costs(args.cnn_steps)
         print("L2RW step cost, fastcnn (bf16, channels_last), batch 256, trusted batch 128")
