@@ -89,6 +89,17 @@ def test_ci_rebuilds_every_chapter_from_its_run_records(tmp_path):
     assert status == "differs" and "hi_final" in detail, detail
 
 
+def test_check_forgives_round_off_only():
+    """A live float64 computation may change in its last digits with the processor; a
+    number a reader could see may not change at all."""
+    bb = _build_tool()
+    assert bb.same({"err": 1.93e-15, "acc": [80.48, 70.3]}, {"err": 4.16e-15, "acc": [80.48, 70.3]})
+    assert bb.same({"r": 0.0032613233344775195}, {"r": 0.003261323334477557})
+    assert not bb.same({"acc": 80.48}, {"acc": 80.4800001})
+    assert not bb.same({"acc": 80.48}, {"acc": 80.48, "extra": 1})
+    assert not bb.same({"n": 3}, {"n": 3.0}) and not bb.same(["a"], ["b"])
+
+
 def bare_outputs(page: Path) -> list[str]:
     """The outputs of an executed page that show a bare Python value: an ``execute_result``
     with nothing but ``text/plain`` (a quoted string, an unformatted float, a namespace),

@@ -140,6 +140,21 @@ def glued(path: Path) -> dict:
     return out
 
 
+def same(a, b, rel: float = 1e-9, tiny: float = 1e-12) -> bool:
+    """Equal up to float64 round-off. A number read from a run record is bitwise portable;
+    one a chapter computes live (an agreement check in float64, say) is not: its last digits
+    change with the processor's kernels. Anything a reader could see differs by far more."""
+    import math
+
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k], rel, tiny) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y, rel, tiny) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=rel, abs_tol=tiny) or (math.isnan(a) and math.isnan(b))
+    return type(a) is type(b) and a == b
+
+
 def check(src: Path, committed: Path, tmp: Path) -> tuple[str, str]:
     """Re-execute ``src`` at profile=book from the run records, training off. Returns
     ``("ok" | "stale" | "differs", detail)``."""
@@ -171,7 +186,7 @@ def check(src: Path, committed: Path, tmp: Path) -> tuple[str, str]:
         new = json.loads((results_tmp / f"{src.stem}.json").read_text())
         ref = json.loads(record.read_text())
         for key in ("metrics", "claims", "headline"):
-            if new.get(key) != ref.get(key):
+            if not same(new.get(key), ref.get(key)):
                 problems.append(f"book/results/{src.stem}.json {key}")
     else:
         problems.append(f"book/results/{src.stem}.json is missing")
