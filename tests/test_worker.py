@@ -1,0 +1,26 @@
+"""tools/worker.py: a chapter's namespace as papermill would build it, and jobs evaluated in it."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _worker():
+    spec = importlib.util.spec_from_file_location("worker", ROOT / "tools" / "worker.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_namespace_is_the_chapters_with_the_injected_parameters(monkeypatch, tmp_path):
+    monkeypatch.setenv("NLUTILS_RESULTS", str(tmp_path))
+    ns = _worker().namespace("benchmark", "def t_hat", profile="smoke", params={"seeds": [3]})
+    assert ns["cfg"].profile == "smoke" and ns["cfg"].seeds == [3]
+    assert callable(ns["run"]) and callable(ns["t_hat"]) and "R" not in ns  # stopped before the runs
+
+
+def test_a_missing_marker_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="no code cell of benchmark"):
+        _worker().namespace("benchmark", "no such text anywhere", profile="smoke")

@@ -1,0 +1,80 @@
+"""Compute chosen runs of a chapter in the background, so that two workers can share a machine.
+
+A chapter executed by papermill trains its missing runs one after another, in the order of its
+cells. To spread a chapter's compute over two one-thread workers (or over sessions), this tool
+executes the chapter's cells as papermill would, up to and including the first cell that
+contains ``--through``, and then evaluates each JOB, a Python expression in the chapter's
+namespace that trains one run or finds its record::
+
+    OMP_NUM_THREADS=1 NLUTILS_RESULTS=/tmp/a .venv/bin/python tools/worker.py benchmark \\
+        --through "def t_hat" --let CHOSEN_L2RW='"sgd"' \\
+        "run('ce', 'cifar10n_worse', 0)" "run('elr', 'cifar10n_worse', 0)" &
+
+Records land in ``book/runs`` (each as soon as it is finished; commit them); a run another
+worker is computing is waited for, never computed twice (``<key>.lock``); ``touch
+book/runs/STOP`` ends a worker before its next run. Nothing here decides what a chapter shows:
+the chapter, executed afterwards, finds the records by what they are.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def namespace(chapter: str, through: str, profile: str = "book", params: dict | None = None) -> dict:
+    """The chapter's globals after its cells up to the first containing ``through``, with the
+    parameters injected as papermill injects them (also in IPython's input history, where
+    :class:`nlutils.chapter.Chapter` finds the names a reader passed)."""
+    nb = json.loads((ROOT / "notebooks" / f"{chapter}.ipynb").read_text())
+    code = [(c["metadata"].get("tags", []), "".join(c["source"])) for c in nb["cells"] if c["cell_type"] == "code"]
+    first = next(i for i, (tags, _) in enumerate(code) if "parameters" in tags)
+    last = next((i for i, (_, src) in enumerate(code) if through in src), None)
+    if last is None:
+        raise SystemExit(f"--through {through!r}: no code cell of {chapter} contains it")
+    injected = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in {"profile": profile, **(params or {})}.items())
+    ns = {"__name__": "__main__", "_ih": ["", code[first][1], injected]}
+    for i, (_, src) in enumerate(code[:last + 1]):
+        exec("\n".join(line for line in src.splitlines() if not line.startswith(("%", "!"))), ns)
+        if i == first:
+            exec(injected, ns)
+    return ns
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("chapter")
+    ap.add_argument("jobs", nargs="+", help="Python expressions evaluated in the chapter's namespace")
+    ap.add_argument("--through", required=True, help="text of the last code cell to execute first")
+    ap.add_argument("--let", action="append", default=[], metavar="NAME=EXPR",
+                    help="set a name after the cells (e.g. a choice a later cell makes)")
+    ap.add_argument("--profile", default="book")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    ns = namespace(a.chapter, a.through, a.profile)
+    for item in a.let:
+        name, _, expr = item.partition("=")
+        ns[name.strip()] = eval(expr, ns)
+    from nlutils.runs import Stopped
+
+    for job in a.jobs:
+        t0 = time.perf_counter()
+        try:
+            eval(job, ns)
+        except Stopped:
+            print(f"stopped before {job} (the stop file exists)", flush=True)
+            return 0
+        print(f"done {job} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
