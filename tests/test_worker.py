@@ -24,3 +24,14 @@ def test_namespace_is_the_chapters_with_the_injected_parameters(monkeypatch, tmp
 def test_a_missing_marker_is_named(tmp_path):
     with pytest.raises(SystemExit, match="no code cell of benchmark"):
         _worker().namespace("benchmark", "no such text anywhere", profile="smoke")
+
+
+def test_missing_lists_the_jobs_without_a_record_and_trains_nothing(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("NLUTILS_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("NLUTILS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("NLUTILS_TRAIN", "on")  # main() switches it off; restored after the test
+    jobs = ["run('ce', 'digits_sym40', 0)", "run('elr', 'digits_sym40', 0)"]
+    assert _worker().main(["benchmark", "--profile", "smoke", "--missing", "--through", "def t_hat", *jobs]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 jobs have no record" in out and all(j in out for j in jobs)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.npz"))

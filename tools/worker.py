@@ -12,7 +12,8 @@ namespace that trains one run or finds its record::
 
 Records land in ``book/runs`` (each as soon as it is finished; commit them); a run another
 worker is computing is waited for, never computed twice (``<key>.lock``); ``touch
-book/runs/STOP`` ends a worker before its next run. Nothing here decides what a chapter shows:
+book/runs/STOP`` ends a worker before its next run; ``--missing`` trains nothing and lists
+the jobs that have no record yet. Nothing here decides what a chapter shows:
 the chapter, executed afterwards, finds the records by what they are.
 """
 import argparse
@@ -53,7 +54,11 @@ def main(argv=None) -> int:
                     help="set a name after the cells (e.g. a choice a later cell makes)")
     ap.add_argument("--profile", default="book")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--missing", action="store_true",
+                    help="train nothing: print which jobs have no record yet")
     a = ap.parse_args(argv)
+    if a.missing:
+        os.environ["NLUTILS_TRAIN"] = "off"
     import torch
 
     torch.set_num_threads(a.threads)
@@ -63,16 +68,24 @@ def main(argv=None) -> int:
     for item in a.let:
         name, _, expr = item.partition("=")
         ns[name.strip()] = eval(expr, ns)
-    from nlutils.runs import Stopped
+    from nlutils.runs import MissingRun, Stopped
 
+    missing = []
     for job in a.jobs:
         t0 = time.perf_counter()
         try:
             eval(job, ns)
+        except MissingRun:
+            if not a.missing:
+                raise
+            missing.append(job)
+            continue
         except Stopped:
             print(f"stopped before {job} (the stop file exists)", flush=True)
             return 0
-        print(f"done {job} in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{'have' if a.missing else 'done'} {job} in {time.perf_counter() - t0:.0f} s", flush=True)
+    if a.missing:
+        print(f"{len(missing)} of {len(a.jobs)} jobs have no record:", *missing, sep="\n  ")
     return 0
 
 
