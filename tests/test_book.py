@@ -71,7 +71,8 @@ def test_stale_banner_is_inserted_and_removed(tmp_path):
 @pytest.mark.notebooks
 def test_ci_rebuilds_every_chapter_from_its_run_records(tmp_path):
     """Every chapter re-executed at profile=book from book/runs with training off: the
-    ported chapters reproduce their committed numbers exactly; a chapter without records is
+    ported chapters reproduce their committed numbers (a number computed live, up to float64
+    round-off); a chapter without records is
     listed as stale (and bannered), never recomputed. A tampered committed number is caught."""
     bb = _build_tool()
     pages = {p: p.read_bytes() for p in (ROOT / "book").glob("*.ipynb")}
