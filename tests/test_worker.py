@@ -29,7 +29,8 @@ def test_a_missing_marker_is_named(tmp_path):
 def test_missing_lists_the_jobs_without_a_record_and_trains_nothing(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("NLUTILS_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("NLUTILS_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("NLUTILS_TRAIN", "on")  # main() switches it off; restored after the test
+    monkeypatch.setenv("NLUTILS_TRAIN", "on")  # main() switches it off (and changes directory):
+    monkeypatch.chdir(ROOT)                    # both restored after the test
     jobs = ["run('ce', 'digits_sym40', 0)", "run('elr', 'digits_sym40', 0)"]
     assert _worker().main(["benchmark", "--profile", "smoke", "--missing", "--through", "def t_hat", *jobs]) == 0
     out = capsys.readouterr().out
