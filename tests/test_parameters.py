@@ -44,14 +44,19 @@ def run_setup(chapter: str, params: dict, profile: str = "smoke") -> dict:
     """Execute ``chapter``'s cells up to its Chapter as papermill would with ``params``: the
     parameters cell, the injected ``# Parameters`` cell (also in IPython's input history,
     where the chapter looks for names it does not declare), then the setup cells."""
-    parameters, cells = setup_cells(chapter)
-    injected = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in {"profile": profile, **params}.items())
-    ns = {"__name__": "__main__", "_ih": ["", parameters, injected]}
-    exec(parameters, ns)
-    exec(injected, ns)
-    for src in cells:
-        exec(src, ns)
-    return ns
+    setup_cells(chapter)  # asserts that none of these cells can train
+    return _worker().namespace(chapter, "ch = Chapter(", profile=profile, params=params)
+
+
+@lru_cache(maxsize=None)
+def _worker():
+    """``tools/worker.py``, which builds a chapter's namespace the same way for its workers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("worker", ROOT / "tools" / "worker.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @lru_cache(maxsize=None)

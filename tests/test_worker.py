@@ -1,17 +1,10 @@
 """tools/worker.py: a chapter's namespace as papermill would build it, and jobs evaluated in it."""
-import importlib.util
 from pathlib import Path
 
 import pytest
+from test_parameters import _worker
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _worker():
-    spec = importlib.util.spec_from_file_location("worker", ROOT / "tools" / "worker.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_namespace_is_the_chapters_with_the_injected_parameters(monkeypatch, tmp_path):
