@@ -90,15 +90,34 @@ def test_loss_correction_metrics():
     assert min(row["none"] for row in acc.values()) >= 80
 
 
+def _benchmark_on_the_cnn():
+    path = RESULTS / "benchmark.json"
+    return path.exists() and json.loads(path.read_text())["metrics"].get("model") == "fastcnn"
+
+
+# the committed page is the MLP benchmark until every CNN run is recorded (issue 16); strict:
+# this test fails as soon as the CNN page lands and its xfail is left behind
+@pytest.mark.xfail(not _benchmark_on_the_cnn(), reason="benchmark page not yet executed on the CNN", strict=True)
 def test_benchmark_metrics():
     m = load("benchmark")
-    settings = ("cifar10_sym40", "cifar10_asym40", "cifar10n_worse", "cifar10n_aggre", "fmnist_sym60")
-    methods = ("ce", "l2rw", "gradsim", "elr", "forward_That", "backward_That", "bootstrap_hard",
-               "trusted_only", "oracle")
-    for s in settings:
-        for method in methods:
-            v = m["acc"][s][method]["mean"]
-            assert is_pct(v) or math.isnan(v)
-        assert is_pct(m["auroc"][s]["cleanlab"])
-    assert m["time_ratio"]["ce"] == pytest.approx(1.0)
-    assert all(m["time_ratio"][k] > 0 for k in methods)
+    assert m["model"] == "fastcnn" and 45_000 <= m["n_train"] <= 50_000
+    main = ("cifar10_sym40", "cifar10n_aggre", "cifar10n_random1", "cifar10n_worse")
+    methods = ("ce", "elr", "elr_plus", "forward_That", "backward_That", "bootstrap_hard", "l2rw", "gradsim",
+               "cleanlab_retrain", "trusted_only", "oracle")
+    for protocol in ("acc_last", "acc_noisyval", "acc_besttest"):
+        for s in (*main, "cifar10_asym40"):
+            for method in methods:
+                cell = m[protocol][s][method]
+                assert is_pct(cell["mean"]) or math.isnan(cell["mean"]), (protocol, s, method)
+                assert math.isnan(cell["mean"]) or cell["n"] >= (3 if s in main else 2), (protocol, s, method)
+    for s in ("cifar10_sym40", "cifar10n_worse"):  # the memorisation regime: CE and the three best
+        assert "ce" in m["acc_noisyval_memo"][s] and len(m["acc_noisyval_memo"][s]) == 4
+        assert is_pct(m["cleanlab_find_label_issues"][s]["precision"])
+        assert 50 <= m["auroc"][s]["ce"] <= 100 and is_pct(m["precision_at_true_k"][s]["ce"])
+    assert m["time_ratio"]["ce"] == pytest.approx(1.0) and all(v > 0 for v in m["time_ratio"].values())
+    # what must hold whatever the ranking: the oracle (wrong labels removed) beats CE on the
+    # synthetic settings, and the three protocols are ordered as their definitions say
+    acc = m["acc_noisyval"]
+    assert all(acc[s]["oracle"]["mean"] > acc[s]["ce"]["mean"] for s in ("cifar10_sym40", "cifar10_asym40"))
+    for s in main:
+        assert m["acc_besttest"][s]["ce"]["mean"] >= max(m["acc_last"][s]["ce"]["mean"], acc[s]["ce"]["mean"])
