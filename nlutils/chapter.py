@@ -92,6 +92,15 @@ def per_seed(pool: dict, method: str, setting: str, value) -> list:
     return [get(pool[(method, setting, s)]) for s in seeds]
 
 
+def paired(pool: dict, a: str, b: str, setting: str, value, **kw) -> dict:
+    """:func:`compare` of methods ``a`` and ``b`` on ``setting`` over the seeds both have
+    (a row may hold more seeds than another, e.g. the rows behind a verdict)."""
+    common = sorted({s for m, n, s in pool if (m, n) == (a, setting)}
+                    & {s for m, n, s in pool if (m, n) == (b, setting)})
+    sub = {k: v for k, v in pool.items() if k[1] == setting and k[2] in common}
+    return compare(per_seed(sub, a, setting, value), per_seed(sub, b, setting, value), **kw)
+
+
 def summarise(pool: dict, methods, settings, value) -> dict:
     """``{method: {setting: {"mean", "std", "n"}}}`` of :func:`per_seed` (NaN when a run is
     missing a value, e.g. a refused one)."""
