@@ -121,3 +121,21 @@ def test_benchmark_metrics():
     assert all(acc[s]["oracle"]["mean"] > acc[s]["ce"]["mean"] for s in ("cifar10_sym40", "cifar10_asym40"))
     for s in main:
         assert m["acc_besttest"][s]["ce"]["mean"] >= max(m["acc_last"][s]["ce"]["mean"], acc[s]["ce"]["mean"])
+
+# chapters whose committed page predates the seeds its verdicts now rest on (issue 35); strict:
+# a re-executed page that passes turns its entry into a failure until it is removed here
+PENDING_SEEDS = {"loss_correction", "massive_noise"}
+LEDGER = sorted(p.stem for p in RESULTS.glob("*.json") if p.name.count(".") == 1)
+
+
+@pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.xfail(
+    c in PENDING_SEEDS, reason="page not yet re-executed with its verdict seeds", strict=True)) for c in LEDGER])
+def test_every_verdict_rests_on_three_seeds(chapter):
+    import re
+
+    rec = json.loads((RESULTS / f"{chapter}.json").read_text())
+    for c in rec.get("claims") or []:
+        text = f"{c['protocol']} {c['ours']}"
+        assert not re.search(r"\bseed \d+\b", c["protocol"]), (c["claim"], "one seed")
+        counts = [int(n) for n in re.findall(r"\b(\d+) seeds\b", text)]
+        assert all(n >= 3 for n in counts), (c["claim"], counts)
