@@ -250,12 +250,13 @@ class Chapter:
         self.claims.append({"claim": claim, "paper": paper, "ours": ours, "protocol": protocol,
                             "verdict": verdict, "source": source})
 
-    def save(self, extra_metrics: dict | None = None, headline: list | None = None) -> Path:
-        """Write ``book/results/<chapter>.json`` (``.<profile>.json`` for smoke/paper)."""
+    def save(self, extra_metrics: dict | None = None, headline: list | None = None, seeds=None) -> Path:
+        """Write ``book/results/<chapter>.json`` (``.<profile>.json`` for smoke/paper);
+        ``seeds``: every seed the page's runs used, where more than the ``seeds`` parameter."""
         metrics = {**self.metrics, **(extra_metrics or {})}
         return results.save(self.name, metrics, profile=self.profile, parameters=vars(self.cfg),
                             directory=results_folder(),
-                            seeds=getattr(self.cfg, "seeds", None) or (
+                            seeds=seeds or getattr(self.cfg, "seeds", None) or (
                                 [self.cfg.seed] if hasattr(self.cfg, "seed") else None),
                             run_seconds=time.perf_counter() - self.started,
                             headline=headline, claims=self.claims,
