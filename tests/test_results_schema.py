@@ -1,6 +1,7 @@
 """The executed chapters' results files hold what their issues promise, in the promised shape."""
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,7 @@ def test_benchmark_metrics():
     for s in main:
         assert m["acc_besttest"][s]["ce"]["mean"] >= max(m["acc_last"][s]["ce"]["mean"], acc[s]["ce"]["mean"])
 
+
 # chapters whose committed page predates the seeds its verdicts now rest on (issue 35); strict:
 # a re-executed page that passes turns its entry into a failure until it is removed here
 PENDING_SEEDS = {"loss_correction"}
@@ -134,8 +136,6 @@ LEDGER = sorted(p.stem for p in RESULTS.glob("*.json") if p.name.count(".") == 1
 @pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.xfail(
     c in PENDING_SEEDS, reason="page not yet re-executed with its verdict seeds", strict=True)) for c in LEDGER])
 def test_every_verdict_rests_on_three_seeds(chapter):
-    import re
-
     rec = json.loads((RESULTS / f"{chapter}.json").read_text())
     for c in rec.get("claims") or []:
         text = f"{c['protocol']} {c['ours']}"
