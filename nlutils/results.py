@@ -71,6 +71,9 @@ def results_dir() -> Path:
     return Path(d)
 
 
+CODE_PATHS = ("nlutils", "notebooks", "tools", "requirements.txt", "Makefile")
+
+
 def _git(*args) -> str | None:
     try:
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -84,7 +87,9 @@ def provenance(parameters: dict | None = None, seeds=None, run_seconds: float | 
 
     from . import __version__
 
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    # uncommitted changes to the code that computes a page; the page and its record, which the
+    # execution itself is writing, are not among them
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     return {
         "parameters": _jsonable(parameters or {}),
         "seeds": _jsonable(list(seeds) if seeds is not None else None),

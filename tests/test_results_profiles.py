@@ -20,6 +20,24 @@ def test_save_writes_schema(tmp_path):
     assert prov["seeds"] == [0, 1] and prov["parameters"] == {"epochs": 3}
 
 
+def test_dirty_means_uncommitted_code_not_the_page_being_written(tmp_path, monkeypatch):
+    """An executed page and its record change while the chapter runs: only uncommitted code
+    (nlutils, notebooks, tools) makes the reproduce box say "with uncommitted changes"."""
+    import subprocess
+
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,
+                                    check=True, capture_output=True)
+    for f in ("nlutils/train.py", "book/ch.ipynb"):
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        (tmp_path / f).write_text("a\n")
+    git("init", "-q"), git("add", "."), git("commit", "-qm", "x")
+    monkeypatch.setattr(results, "REPO_ROOT", tmp_path)
+    (tmp_path / "book/ch.ipynb").write_text("b\n")
+    assert results.provenance()["git_dirty"] is False
+    (tmp_path / "nlutils/train.py").write_text("b\n")
+    assert results.provenance()["git_dirty"] is True
+
+
 def test_non_book_profiles_do_not_overwrite_the_book(tmp_path):
     p = results.save("demo", {"x": 1}, profile="smoke", directory=tmp_path)
     assert p.name == "demo.smoke.json"
