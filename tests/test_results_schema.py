@@ -129,7 +129,7 @@ def test_benchmark_metrics():
 
 # chapters whose committed page predates the seeds its verdicts now rest on (issue 35); strict:
 # a re-executed page that passes turns its entry into a failure until it is removed here
-PENDING_SEEDS: set = set()  # chapters whose page awaits its verdict seeds
+PENDING_SEEDS: set = set()
 LEDGER = sorted(p.stem for p in RESULTS.glob("*.json") if p.name.count(".") == 1)
 
 
