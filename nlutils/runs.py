@@ -84,6 +84,10 @@ class Stopped(RuntimeError):
     """A run that is not stored, while the stop file exists."""
 
 
+class Busy(RuntimeError):
+    """A run another live process is computing, in a store told not to wait (``on_busy="skip"``)."""
+
+
 def stop_file(directory: Path) -> Path:
     """The file whose existence stops new runs: ``$NLUTILS_STOP``, else ``<directory>/STOP``."""
     return Path(os.environ.get("NLUTILS_STOP") or Path(directory) / "STOP")
@@ -334,12 +338,15 @@ class RunStore:
     ``{}``). ``seconds`` adds up the compute time of the distinct runs served.
     """
 
-    def __init__(self, directory=None, train: bool | None = None):
+    def __init__(self, directory=None, train: bool | None = None, on_busy: str = "wait"):
         directory = directory if directory is not None else runs_dir()
         if directory is None:
             raise ValueError("RunStore needs a folder (or NLUTILS_RUNS)")
+        if on_busy not in ("wait", "skip"):
+            raise ValueError(f"on_busy={on_busy!r}: 'wait' (for another process's run) or 'skip' (raise Busy)")
         self.directory = Path(directory)
         self.train = training_allowed() if train is None else bool(train)
+        self.on_busy = on_busy  # a worker sharing a job list with others sets "skip"
         self.hits = self.misses = 0
         self.seconds = 0.0
         self.used: dict[str, Path] = {}    # key -> file, for the chapter's record
@@ -399,11 +406,16 @@ class RunStore:
             rec = self._wait_for_other(config, now)
         if rec is None and stop_file(self.directory).exists():
             raise Stopped(f"not starting {canonical(config)}: {stop_file(self.directory)} exists")
+        lock = _Lock(p.with_suffix(".lock"))
+        while rec is None and not lock.take():  # lost a race for the lock to another process
+            rec = self._wait_for_other(config, now) or self.get(config, now)
+        if rec is None and (rec := self.get(config, now)) is not None:
+            lock.release()  # another process finished it just before this one took the lock
         if rec is not None:
             self.hits += 1
         else:
             self.misses += 1
-            with _Lock(p.with_suffix(".lock")):
+            with lock:
                 where = machine(device)
                 t0 = time.perf_counter()
                 metrics, history, arrays = compute()
@@ -427,6 +439,8 @@ class RunStore:
         lock = self.path(config).with_suffix(".lock")
         if not _Lock.held(lock):
             return None
+        if self.on_busy == "skip":
+            raise Busy(f"{canonical(config)} is being computed by process {lock.read_text().strip()}")
         while _Lock.held(lock):
             time.sleep(poll)
         return self.get(config, now)
@@ -435,7 +449,9 @@ class RunStore:
 class _Lock:
     """``<key>.lock`` holding the pid of the process computing a record, so that two
     workers filling one folder (``papermill ... -p seeds "[0]"`` beside ``-p seeds "[1]"``)
-    never compute the same run twice; a lock whose process is gone is taken over."""
+    never compute the same run twice; a lock whose process is gone is taken over. Taking it
+    is atomic (a hard link of a file that already holds the pid), so two workers that reach
+    one run at the same moment cannot both compute it."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -456,17 +472,40 @@ class _Lock:
             return True
         return True
 
-    def __enter__(self):
+    def take(self) -> bool:
+        """Hold the lock; ``False`` when another live process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(str(os.getpid()))
-        return self
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+        tmp.write_text(str(os.getpid()))
+        try:
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)
+                    return True
+                except FileExistsError:
+                    if self.held(self.path):
+                        return False
+                    self.path.unlink(missing_ok=True)  # left by a process that is gone
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
-    def __exit__(self, *exc):
+    def release(self):
         try:
             if self.path.read_text() == str(os.getpid()):
                 self.path.unlink()
         except FileNotFoundError:
             pass
+
+    def __enter__(self):  # a lock not taken yet is taken here
+        if self.path.is_file() and self.path.read_text() == str(os.getpid()):
+            return self
+        if not self.take():
+            raise Busy(f"{self.path} is held by another process")
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
         return False
 
 

@@ -1,5 +1,8 @@
 """The setting grammar, the recipe, and run records keyed by configuration and by what the
 code computes (canaries compared by tolerance)."""
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -237,6 +240,55 @@ def test_two_workers_never_compute_one_run_twice(tmp_path):
     stale.write_text(str(other.pid))  # that process is gone
     rec = store.run(config2, lambda: ({"acc": 3.0}, None, {}))
     assert rec.metrics == {"acc": 3.0} and not stale.exists()
+
+
+def test_a_sharing_worker_skips_a_busy_run_and_the_lock_is_taken_once(tmp_path):
+    """``on_busy="skip"``: a run another live process computes raises Busy instead of being
+    waited for (its compute never called); taking a lock is atomic: a held lock refuses a
+    second taker, a lock whose process is gone is taken over, and a lock taken by this
+    process serves its run."""
+    import subprocess
+    import sys
+    store = runs.RunStore(tmp_path, train=True, on_busy="skip")
+    config = {"method": "ce", "seed": 0}
+    lock = store.path(config).with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock.write_text(str(other.pid))
+        with pytest.raises(runs.Busy, match=str(other.pid)):
+            store.run(config, lambda: 1 / 0)
+        assert not runs._Lock(lock).take() and lock.read_text() == str(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    assert runs._Lock(lock).take() and lock.read_text() == str(os.getpid())  # the dead one's lock
+    assert store.run(config, lambda: ({"acc": 1.0}, None, {})).metrics == {"acc": 1.0}
+    assert not lock.exists() and not list(tmp_path.rglob("*.lock.*"))
+    with pytest.raises(ValueError, match="on_busy"):
+        runs.RunStore(tmp_path, on_busy="later")
+
+
+def test_worker_shares_a_job_file_as_a_queue(tmp_path, monkeypatch, capsys):
+    """``tools/worker.py --jobs-file F --share``: comments and blank lines are ignored, a busy
+    job is skipped and tried once more after the others, the store is told not to wait."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("worker", Path(__file__).parents[1] / "tools" / "worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    store, done = runs.RunStore(tmp_path), []
+
+    def job(name):
+        if name == "b" and done.count("b?") == 0:
+            done.append("b?")
+            raise runs.Busy("b is being computed")
+        done.append(name)
+    monkeypatch.setattr(worker, "namespace", lambda *a, **k: {"ch": type("C", (), {"store": store}), "job": job})
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("# a queue\njob('a')\n\njob('b')  # busy the first time\njob('c')\n")
+    assert worker.main(["ch", "--through", "x", "--threads", "1", "--jobs-file", str(jobs), "--share"]) == 0
+    assert done == ["a", "b?", "c", "b"] and store.on_busy == "skip"
+    assert "busy job('b')" in capsys.readouterr().out
 
 
 def test_stop_file_ends_a_computation_between_runs(tmp_path, monkeypatch):

@@ -13,7 +13,16 @@ namespace that trains one run or finds its record::
 Records land in ``book/runs`` (each as soon as it is finished; commit them); a run another
 worker is computing is waited for, never computed twice (``<key>.lock``); ``touch
 book/runs/STOP`` ends a worker before its next run; ``--missing`` trains nothing and lists
-the jobs that have no record yet. Nothing here decides what a chapter shows:
+the jobs that have no record yet.
+
+Workers can share one list (``--jobs-file``, one job a line, ``#`` comments) as a queue:
+with ``--share`` a worker skips a job whose run another worker is computing, goes on with
+the next, and tries the skipped ones once more at the end::
+
+    for w in 1 2; do OMP_NUM_THREADS=1 NLUTILS_RESULTS=/tmp/$w .venv/bin/python tools/worker.py \
+        benchmark --through "def t_hat" --let CHOSEN_L2RW='"sgd"' \
+        --jobs-file tools/jobs/benchmark.txt --share & sleep 20; done
+ Nothing here decides what a chapter shows:
 the chapter, executed afterwards, finds the records by what they are.
 """
 import argparse
@@ -48,7 +57,10 @@ def namespace(chapter: str, through: str, profile: str = "book", params: dict | 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("chapter")
-    ap.add_argument("jobs", nargs="+", help="Python expressions evaluated in the chapter's namespace")
+    ap.add_argument("jobs", nargs="*", help="Python expressions evaluated in the chapter's namespace")
+    ap.add_argument("--jobs-file", type=Path, help="more jobs, one a line (# starts a comment)")
+    ap.add_argument("--share", action="store_true",
+                    help="skip a job another worker is computing; try the skipped ones again at the end")
     ap.add_argument("--through", required=True, help="text of the last code cell to execute first")
     ap.add_argument("--let", action="append", default=[], metavar="NAME=EXPR",
                     help="set a name after the cells (e.g. a choice a later cell makes)")
@@ -57,6 +69,11 @@ def main(argv=None) -> int:
     ap.add_argument("--missing", action="store_true",
                     help="train nothing: print which jobs have no record yet")
     a = ap.parse_args(argv)
+    if a.jobs_file:
+        lines = (line.split("#", 1)[0].strip() for line in a.jobs_file.read_text().splitlines())
+        a.jobs += [line for line in lines if line]
+    if not a.jobs:
+        ap.error("no jobs: give them as arguments or with --jobs-file")
     if a.missing:
         os.environ["NLUTILS_TRAIN"] = "off"
     import torch
@@ -68,13 +85,23 @@ def main(argv=None) -> int:
     for item in a.let:
         name, _, expr = item.partition("=")
         ns[name.strip()] = eval(expr, ns)
-    from nlutils.runs import MissingRun, Stopped
+    from nlutils.runs import Busy, MissingRun, Stopped
 
-    missing = []
-    for job in a.jobs:
+    if a.share:
+        ns["ch"].store.on_busy = "skip"
+    missing, skipped, queue = [], [], list(a.jobs)
+    for i, job in enumerate(queue):
+        if i == len(a.jobs) and skipped:
+            print(f"back to the {len(skipped)} skipped jobs", flush=True)
         t0 = time.perf_counter()
         try:
             eval(job, ns)
+        except Busy:
+            if i < len(a.jobs):
+                skipped.append(job)
+                queue.append(job)
+            print(f"busy {job}: another worker computes it", flush=True)
+            continue
         except MissingRun:
             if not a.missing:
                 raise
