@@ -1,6 +1,7 @@
 """The setting grammar, the recipe, and run records keyed by configuration and by what the
 code computes (canaries compared by tolerance)."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -211,19 +212,30 @@ def test_track_train_sample(digits):
         train.fit(part_net, x, nl.noisy, track_train=-3, **kw)
 
 
-def test_two_workers_never_compute_one_run_twice(tmp_path):
-    """A run another live process is computing (its .lock) is waited for, not recomputed;
-    a lock left by a dead process is taken over."""
+@contextmanager
+def locked_by_another_process(store, config):
+    """``(lock file, pid)``: the run's lock held by a live process other than this one, which
+    is gone after the block."""
     import subprocess
     import sys
-    import threading
-    store = runs.RunStore(tmp_path, train=True)
-    config = {"method": "ce", "seed": 0}
     lock = store.path(config).with_suffix(".lock")
-    lock.parent.mkdir(parents=True)
+    lock.parent.mkdir(parents=True, exist_ok=True)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         lock.write_text(str(other.pid))
+        yield lock, other.pid
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_two_workers_never_compute_one_run_twice(tmp_path):
+    """A run another live process is computing (its .lock) is waited for, not recomputed;
+    a lock left by a dead process is taken over."""
+    import threading
+    store = runs.RunStore(tmp_path, train=True)
+    config = {"method": "ce", "seed": 0}
+    with locked_by_another_process(store, config) as (lock, pid):
         calls = []
 
         def finish():  # the "other worker" writes its record, then releases the lock
@@ -232,12 +244,9 @@ def test_two_workers_never_compute_one_run_twice(tmp_path):
         threading.Timer(0.5, finish).start()
         rec = store.run(config, lambda: calls.append(1) or ({"acc": 2.0}, None, {}))
         assert rec.metrics == {"acc": 1.0} and not calls
-    finally:
-        other.kill()
-        other.wait()
     config2 = {"method": "ce", "seed": 1}
     stale = store.path(config2).with_suffix(".lock")
-    stale.write_text(str(other.pid))  # that process is gone
+    stale.write_text(str(pid))  # that process is gone
     rec = store.run(config2, lambda: ({"acc": 3.0}, None, {}))
     assert rec.metrics == {"acc": 3.0} and not stale.exists()
 
@@ -247,21 +256,12 @@ def test_a_sharing_worker_skips_a_busy_run_and_the_lock_is_taken_once(tmp_path):
     waited for (its compute never called); taking a lock is atomic: a held lock refuses a
     second taker, a lock whose process is gone is taken over, and a lock taken by this
     process serves its run."""
-    import subprocess
-    import sys
     store = runs.RunStore(tmp_path, train=True, on_busy="skip")
     config = {"method": "ce", "seed": 0}
-    lock = store.path(config).with_suffix(".lock")
-    lock.parent.mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        lock.write_text(str(other.pid))
-        with pytest.raises(runs.Busy, match=str(other.pid)):
+    with locked_by_another_process(store, config) as (lock, pid):
+        with pytest.raises(runs.Busy, match=str(pid)):
             store.run(config, lambda: 1 / 0)
-        assert not runs._Lock(lock).take() and lock.read_text() == str(other.pid)
-    finally:
-        other.kill()
-        other.wait()
+        assert not runs._Lock(lock).take() and lock.read_text() == str(pid)
     assert runs._Lock(lock).take() and lock.read_text() == str(os.getpid())  # the dead one's lock
     assert store.run(config, lambda: ({"acc": 1.0}, None, {})).metrics == {"acc": 1.0}
     assert not lock.exists() and not list(tmp_path.rglob("*.lock.*"))
