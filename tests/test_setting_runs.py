@@ -290,6 +290,8 @@ def test_worker_shares_a_job_file_as_a_queue(tmp_path, monkeypatch, capsys):
     assert done == ["a", "b?", "c", "b"] and store.on_busy == "skip"
     out = capsys.readouterr().out  # nothing trained: every job reports a found run ("have")
     assert "busy job('b')" in out and "have job('c')" in out and "done" not in out
+    assert worker.main(["ch", "--through", "x", "--threads", "1", "job('d')"]) == 0  # jobs after the options
+    assert done[-1] == "d"
 
 
 def test_stop_file_ends_a_computation_between_runs(tmp_path, monkeypatch):

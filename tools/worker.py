@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--missing", action="store_true",
                     help="train nothing: print which jobs have no record yet")
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)  # jobs may follow the options
     if a.jobs_file:
         lines = (line.split("#", 1)[0].strip() for line in a.jobs_file.read_text().splitlines())
         a.jobs += [line for line in lines if line]
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             print(f"back to the {len(skipped)} skipped jobs", flush=True)
         t0, computed = time.perf_counter(), ns["ch"].store.misses
         try:
-            eval(job, ns)
+            out = eval(job, ns)
         except Busy:
             if i < len(a.jobs):
                 skipped.append(job)
@@ -111,7 +111,10 @@ def main(argv=None) -> int:
             print(f"stopped before {job} (the stop file exists)", flush=True)
             return 0
         verb = "done" if ns["ch"].store.misses > computed else "have"  # trained here, or found
-        print(f"{verb} {job} in {time.perf_counter() - t0:.0f} s", flush=True)
+        shown = {k: v for k, v in (getattr(out, "metrics", None) or {}).items()  # a run record's accuracies
+                 if k.startswith(("acc_", "test_acc")) and isinstance(v, float)}
+        print(f"{verb} {job} in {time.perf_counter() - t0:.0f} s", *(f"{k} {v:.2f}" for k, v in shown.items()),
+              flush=True)
     if a.missing:
         print(f"{len(missing)} of {len(a.jobs)} jobs have no record:", *missing, sep="\n  ")
     return 0
