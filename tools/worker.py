@@ -22,8 +22,9 @@ the next, and tries the skipped ones once more at the end::
     for w in 1 2; do OMP_NUM_THREADS=1 NLUTILS_RESULTS=/tmp/$w .venv/bin/python tools/worker.py \
         benchmark --through "def t_hat" --let CHOSEN_L2RW='"sgd"' \
         --jobs-file tools/jobs/benchmark.txt --share & sleep 20; done
- Nothing here decides what a chapter shows:
-the chapter, executed afterwards, finds the records by what they are.
+
+Nothing here decides what a chapter shows: the chapter, executed afterwards, finds the
+records by what they are.
 """
 import argparse
 import json
