@@ -273,9 +273,6 @@ def test_a_tenfold_adam_epsilon_is_caught_at_the_looser_tolerance(monkeypatch):
     the virtual step, ×10) from rounding."""
     from nlutils.methods import reweight
     canary, before = _l2rw_adam_probe()
-    now = runs.Probe(before)
-    now.rtol = canary.rtol
-    assert runs.agree(before, now)[0]
     terms = reweight._adam_terms
     monkeypatch.setattr(reweight, "_adam_terms", lambda p, m, v, t, b1, b2, lr, eps, he:
                         terms(p, m, v, t, b1, b2, lr, 10 * eps, he))
