@@ -273,6 +273,9 @@ def test_a_tenfold_adam_epsilon_is_caught_at_the_looser_tolerance(monkeypatch):
     the virtual step, ×10) from rounding."""
     from nlutils.methods import reweight
     canary, before = _l2rw_adam_probe()
+    same = runs.Probe(_l2rw_adam_probe()[1])  # the control: unchanged code, computed again, agrees
+    same.rtol = canary.rtol
+    assert runs.agree(before, same)[0]
     terms = reweight._adam_terms
     monkeypatch.setattr(reweight, "_adam_terms", lambda p, m, v, t, b1, b2, lr, eps, he:
                         terms(p, m, v, t, b1, b2, lr, 10 * eps, he))
