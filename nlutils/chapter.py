@@ -114,6 +114,37 @@ def summarise(pool: dict, methods, settings, value) -> dict:
     return out
 
 
+def unstable(pool: dict, column: str = "val_acc", drop: float = 15.0) -> list[dict]:
+    """Runs that collapse for a while: at some epoch a run's history ``column`` is more than
+    ``drop`` points below the median of its *seed mates* (the other seeds of the same method
+    and setting) at the same epoch. Read from the histories alone, so it needs no test labels
+    with ``column="val_acc"`` (the noisy validation split). One dict per flagged run, at its
+    widest gap: ``method, setting, seed, epoch, value, mates`` (the mates' median there).
+    A (method, setting) with a single seed, or runs without that column (refused ones), are
+    skipped."""
+    if drop <= 0:
+        raise ValueError(f"drop must be a positive number of points (got {drop!r})")
+    groups: dict = {}
+    for (m, s, seed), rec in pool.items():
+        h = rec.history if hasattr(rec, "history") else rec.get("history")
+        if h is not None and len(h) and column in h.columns:
+            groups.setdefault((m, s), {})[seed] = h.set_index("epoch")[column].astype(float)
+    flagged = []
+    for (m, s), by_seed in groups.items():
+        for seed, own in sorted(by_seed.items()):
+            mates = [v for k, v in by_seed.items() if k != seed]
+            if not mates:
+                continue
+            median = np.median(np.stack([v.reindex(own.index).to_numpy() for v in mates]), axis=0)
+            gap = median - own.to_numpy()
+            if np.isnan(gap).all() or np.nanmax(gap) <= drop:
+                continue
+            i = int(np.nanargmax(gap))
+            flagged.append({"method": m, "setting": s, "seed": seed, "epoch": int(own.index[i]),
+                            "value": float(own.iloc[i]), "mates": float(median[i])})
+    return flagged
+
+
 def refused(reason: str) -> runs.Record:
     """The record of a run that was refused before training (an ill-conditioned T̂, say):
     every protocol's accuracy NaN, the reason kept."""

@@ -1,9 +1,11 @@
 """The experiment layer's paired statistics: what every verdict in the book rests on."""
 import math
 
+import pandas as pd
 import pytest
 
-from nlutils.chapter import against_paper, compare, paired, per_seed
+from nlutils import runs
+from nlutils.chapter import against_paper, compare, paired, per_seed, refused, unstable
 
 
 def test_compare_interval_and_verdict():
@@ -32,3 +34,17 @@ def test_against_paper():
     assert against_paper([80.0, 80.1, 80.2], 84.0) == "partly"
     assert against_paper([80.0, 80.1, 80.2], 90.0) == "not reproduced"
     assert against_paper([80.0, 80.1, 80.2], 78.0, at_least=True) == "reproduced"
+
+
+def test_unstable_flags_a_run_that_collapses_below_its_seed_mates():
+    def rec(val):
+        return runs.Record({}, {}, pd.DataFrame({"epoch": range(1, len(val) + 1), "val_acc": val}))
+    pool = {("a", "s", 0): rec([40, 55, 60, 70]), ("a", "s", 1): rec([42, 57, 62, 71]),
+            ("a", "s", 2): rec([41, 20, 45, 66]),  # collapses at epoch 2, 36 points below its mates
+            ("b", "s", 0): rec([40, 50, 60, 70]), ("b", "s", 1): rec([30, 45, 55, 70]),  # within 15
+            ("c", "s", 0): rec([10, 10, 10, 10]),  # one seed: no mates, never flagged
+            ("a", "t", 0): refused("ill-conditioned"), ("a", "t", 1): rec([1, 2, 3, 4])}
+    assert unstable(pool) == [{"method": "a", "setting": "s", "seed": 2, "epoch": 2, "value": 20.0, "mates": 56.0}]
+    assert {r["method"] for r in unstable(pool, drop=5)} == {"a", "b"}
+    with pytest.raises(ValueError, match="drop"):
+        unstable(pool, drop=0)
