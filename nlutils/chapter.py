@@ -257,6 +257,8 @@ class Chapter:
         nothing, so that a cell ending in a glue shows no bare value on the page."""
         from myst_nb import glue
 
+        if isinstance(value, np.generic):  # a numpy scalar's repr ('np.float64(…)') defeats the prose's format spec
+            value = value.item()
         glue(name, value, display=display)
         if metric:
             self.metrics[name] = value
